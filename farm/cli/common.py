@@ -1,0 +1,90 @@
+"""Helpers every CLI command uses: options that show their env var, JSON output, error exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from farm.errors import ExpectedError, FarmError, InvalidInput
+from farm.settings import Settings, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes: 0 ok, 1 the work failed (e.g. a render or a job failed), 2 bad input or usage.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
+    """``click.option`` that always shows its environment variable in ``--help``."""
+    attrs.setdefault("show_envvar", True)
+    return click.option(*param_decls, **attrs)
+
+
+def json_option() -> Callable[[F], F]:
+    return option("--json", "as_json", is_flag=True, default=False, help="Print machine-readable JSON.")
+
+
+def database_option() -> Callable[[F], F]:
+    return option(
+        "--database-url",
+        envvar="FARM_DATABASE_URL",
+        default=None,
+        help="Ledger database URL (default: the embedded SQLite file in FARM_DATA_DIR).",
+    )
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """The process settings with the non-None CLI overrides applied."""
+    base = get_settings()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return base
+    return Settings(**{**base.model_dump(), **changes})
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def fail(exc: FarmError, *, as_json: bool = False) -> None:
+    """Print a farm error for people (or as JSON) and exit with the matching code."""
+    code = EXIT_BAD_INPUT if isinstance(exc, InvalidInput) else EXIT_FAILED
+    if as_json:
+        payload: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, InvalidInput):
+            payload["problems"] = [p.as_dict() for p in exc.problems]
+        emit_json(payload)
+    else:
+        if isinstance(exc, InvalidInput):
+            click.echo(f"error: {len(exc.problems)} problem(s):", err=True)
+            for p in exc.problems[:20]:
+                click.echo(f"  {p}", err=True)
+            if len(exc.problems) > 20:
+                click.echo(f"  ... and {len(exc.problems) - 20} more", err=True)
+        else:
+            click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(as_json_param: str = "as_json") -> Callable[[F], F]:
+    """Decorator: turn farm errors raised by a command into a clear message and exit code."""
+
+    def deco(fn: F) -> F:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (ExpectedError, FarmError) as exc:
+                fail(exc, as_json=bool(kwargs.get(as_json_param)))
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco

@@ -1,0 +1,4 @@
+"""The render engine: what a GPU worker (or ``farm render``) runs. Imports torch and diffusers.
+
+Producer code must never import this package.
+"""

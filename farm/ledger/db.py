@@ -1,0 +1,185 @@
+"""Engines and migrations: how farm connects to a ledger database and brings its schema to head.
+
+* :func:`make_engine` — an engine for a ledger URL. SQLite gets WAL mode, foreign keys, a busy
+  timeout, and real transactions (``BEGIN``, or ``BEGIN IMMEDIATE`` for writes so two writers
+  queue on the busy timeout instead of failing on a lock upgrade). ``postgresql://`` URLs use
+  psycopg 3.
+* :func:`alembic_config` — Alembic configured in code; the scripts live in the repository's
+  top-level ``migrations/`` directory (the package is installed editable).
+* :func:`upgrade`, :func:`downgrade`, :func:`current_revision`, :func:`head_revisions`,
+  :func:`schema_diff` — the migration runner used by the gateway, ``farm db`` and the tests.
+
+Callers outside the ledger go through :class:`farm.ledger.manager.Ledger`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+#: Where Alembic's env.py and versions/ live: the repository's top-level ``migrations/``, next to
+#: the ``farm`` package (found from this file, so it works whether or not ``farm`` is a namespace
+#: package).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: Milliseconds an SQLite connection waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option that makes a transaction on SQLite start with ``BEGIN IMMEDIATE``.
+WRITE_OPTION = "farm_write"
+#: Seconds to wait for a Postgres connection before the ledger counts as unavailable.
+CONNECT_TIMEOUT_S = 10
+
+#: Alembic's ``context``/``op`` are process-wide proxies: one migration at a time per process.
+#: Between processes, each migration runs in one transaction that first takes a lock (SQLite:
+#: BEGIN IMMEDIATE; Postgres: the advisory lock below), so a second ``upgrade`` waits and then
+#: finds the database at head.
+_MIGRATION_LOCK = threading.Lock()
+#: Postgres advisory lock key held (per transaction) while migrating: "farm" in ASCII.
+PG_MIGRATION_LOCK_KEY = 0x6661726D
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL, with plain ``postgresql://`` mapped to the psycopg 3 driver."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The database file of an SQLite URL (None for in-memory databases and other backends)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def ensure_sqlite_dir(url: str | URL) -> None:
+    """Create the directory an SQLite database file lives in."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """An engine for the ledger at ``url`` (see the module docstring for the SQLite setup)."""
+    u = normalize_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(u, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    return create_engine(u, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own transaction
+        # handling defers BEGIN and does not run DDL in transactions).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# -- migrations --------------------------------------------------------------------------------
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
+    """Alembic's ``Config``, built in code; ``connection`` (preferred) or ``url`` is the target."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation: a literal % must be doubled.
+        cfg.set_main_option("sqlalchemy.url", normalize_url(url).render_as_string(hide_password=False)
+                            .replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revisions() -> tuple[str, ...]:
+    """The head revision(s) of the migration scripts (exactly one in a healthy tree)."""
+    from alembic.script import ScriptDirectory
+
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None for a database never migrated). An SQLite file that
+    does not exist yet is not created by asking."""
+    from alembic.runtime.migration import MigrationContext
+
+    path = sqlite_path(engine.url)
+    if path is not None and not path.exists():
+        return None
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+#: One applied migration step: (from revision, to revision); None is the empty database.
+Step = tuple[str | None, str | None]
+
+
+def _migrate(engine: Engine, revision: str, *, up: bool) -> list[Step]:
+    from alembic import command
+
+    steps: list[Step] = []
+
+    def record(*, step: Any, **_kw: Any) -> None:
+        source, destination = step.source_revision_ids, step.destination_revision_ids
+        steps.append((source[0] if source else None, destination[0] if destination else None))
+
+    with _MIGRATION_LOCK, engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        cfg = alembic_config(conn)
+        cfg.attributes["on_version_apply"] = record
+        (command.upgrade if up else command.downgrade)(cfg, revision)
+        conn.commit()
+    return steps
+
+
+def upgrade(engine: Engine, revision: str = "head") -> list[Step]:
+    """Migrate the database up to ``revision``; returns the steps this call applied (none when
+    another process got there first)."""
+    ensure_sqlite_dir(engine.url)
+    return _migrate(engine, revision, up=True)
+
+
+def downgrade(engine: Engine, revision: str) -> list[Step]:
+    """Migrate the database down to ``revision`` (``"base"``: no tables at all)."""
+    return _migrate(engine, revision, up=False)
+
+
+def schema_diff(engine: Engine) -> list[Any]:
+    """Differences between the database's schema and the models (empty when they agree)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from farm.ledger.models import metadata
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+        return list(compare_metadata(ctx, metadata))

@@ -1,0 +1,139 @@
+"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs`` and the append-only ``events``.
+
+This metadata is what Alembic compares the migrated database against (``farm db check`` and the
+migration tests): a change here needs a migration in ``migrations/versions``.
+
+Statuses and priorities are plain strings guarded by CHECK constraints, so SQLite and Postgres
+store and validate them the same way. Times are timezone-aware UTC (:class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+    text,
+)
+
+from farm.ledger.status import PRIORITIES, JobStatus
+from farm.ledger.types import UTCDateTime, json_doc
+
+#: Constraint names are derived from these templates, identically in the models and migrations.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: Column sizes (characters).
+ID_CHARS = 36  # a UUID in its canonical text form
+SHA256_HEX_CHARS = 64
+STATUS_CHARS = 16
+NAME_CHARS = 255
+
+
+def _in_list(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+STATUS_VALUES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(ID_CHARS), primary_key=True),
+    Column("manifest_digest", String(SHA256_HEX_CHARS), nullable=False, unique=True),
+    Column("name", String(NAME_CHARS), nullable=False),
+    #: The manifest's file name only (never a path, never built from prompt text).
+    Column("source_name", String(NAME_CHARS), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("job_count", Integer, nullable=False),
+    CheckConstraint("job_count >= 0", name="job_count_non_negative"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(ID_CHARS), primary_key=True),
+    #: sha256 of the canonical render parameters; not unique (re-renders, --no-cache duplicates).
+    Column("job_key", String(SHA256_HEX_CHARS), nullable=False, index=True),
+    Column("batch_id", String(ID_CHARS), ForeignKey("batches.id"), nullable=True, index=True),
+    Column("status", String(STATUS_CHARS), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("negative_prompt", Text, nullable=True),
+    Column("seed", BigInteger, nullable=False),
+    Column("seed_strategy", String(STATUS_CHARS), nullable=False),
+    #: The full canonical spec (``RenderSpec.canonical()``).
+    Column("params", json_doc(), nullable=False),
+    #: What the user asked for (unset fields left out).
+    Column("requested_params", json_doc(), nullable=False),
+    #: What actually rendered (e.g. after degradation); set on success.
+    Column("effective_params", json_doc(), nullable=True),
+    Column("model_name", String(64), nullable=False),
+    Column("weights_fingerprint", String(128), nullable=True),
+    Column("priority", String(STATUS_CHARS), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker_host", String(NAME_CHARS), nullable=True),
+    Column("worker_device", String(64), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("heartbeat_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    #: e.g. load_s, render_s, encode_s, swaps, transfer bytes.
+    Column("timings", json_doc(), nullable=True),
+    Column("output_uri", Text, nullable=True),
+    Column("file_sha256", String(SHA256_HEX_CHARS), nullable=True),
+    Column("frames_sha256", String(SHA256_HEX_CHARS), nullable=True),
+    #: python/torch/diffusers/transformers/CUDA versions, GPU name.
+    Column("env_fingerprint", json_doc(), nullable=True),
+    Column("error_type", String(128), nullable=True),
+    Column("error_message", Text, nullable=True),
+    #: The job this one re-renders.
+    Column("parent_job_id", String(ID_CHARS), ForeignKey("jobs.id"), nullable=True),
+    #: The job whose output answered this one (cache hit: queued -> succeeded without a render).
+    Column("cache_of_job_id", String(ID_CHARS), ForeignKey("jobs.id"), nullable=True),
+    Column("tags", json_doc(), nullable=False),
+    Column("starred", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("progress", Float, nullable=False, server_default=text("0")),
+    CheckConstraint(_in_list("status", STATUS_VALUES), name="status"),
+    CheckConstraint(_in_list("priority", PRIORITIES), name="priority"),
+    CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+    CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+    CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+    CheckConstraint("seed >= 0", name="seed_non_negative"),
+    Index("ix_jobs_status_priority_created_at", "status", "priority", "created_at"),
+    Index("ix_jobs_job_key_status", "job_key", "status"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("job_id", String(ID_CHARS), ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("at", UTCDateTime(), nullable=False),
+    #: NULL for the "created" event.
+    Column("from_status", String(STATUS_CHARS), nullable=True),
+    Column("to_status", String(STATUS_CHARS), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("worker", String(NAME_CHARS), nullable=True),
+    Column("detail", json_doc(), nullable=True),
+    CheckConstraint(_in_list("to_status", STATUS_VALUES), name="to_status"),
+    CheckConstraint(f"from_status IS NULL OR {_in_list('from_status', STATUS_VALUES)}", name="from_status"),
+)

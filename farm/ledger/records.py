@@ -1,0 +1,183 @@
+"""Plain snapshots of ledger rows (frozen dataclasses) and the description of a job to add.
+
+Nothing here talks to the database: the gateway (:class:`farm.ledger.manager.Ledger`) builds
+these from rows. ``to_dict()`` gives a JSON-ready form (ISO-8601 times, status strings).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from farm.ledger.status import JobStatus
+from farm.settings import DEFAULT_MAX_ATTEMPTS
+from farm.spec import RenderSpec, spec_from_canonical
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, JobStatus):
+        return value.value
+    return value
+
+
+def new_id() -> str:
+    """A fresh job or batch id: a random UUID in its 36-character text form."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to add to the ledger (see :meth:`NewJob.from_spec`)."""
+
+    id: str
+    job_key: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    seed_strategy: str
+    model_name: str
+    priority: str
+    #: The full canonical spec.
+    params: Mapping[str, Any]
+    #: What the user asked for.
+    requested_params: Mapping[str, Any]
+    tags: Mapping[str, str] = field(default_factory=dict)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    batch_id: str | None = None
+    parent_job_id: str | None = None
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: RenderSpec,
+        *,
+        batch_id: str | None = None,
+        parent_job_id: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        job_id: str | None = None,
+    ) -> NewJob:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        canon = spec.canonical()
+        return cls(
+            id=job_id or new_id(),
+            job_key=spec.job_key,
+            prompt=canon["prompt"],
+            negative_prompt=canon["negative_prompt"],
+            seed=canon["seed"],
+            seed_strategy=canon["seed_strategy"],
+            model_name=canon["model"],
+            priority=canon["priority"],
+            params=canon,
+            requested_params=spec.model_dump(mode="json", exclude_none=True),
+            tags=dict(canon["tags"]),
+            max_attempts=max_attempts,
+            batch_id=batch_id,
+            parent_job_id=parent_job_id,
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Every column of one job, as read in one transaction."""
+
+    id: str
+    job_key: str
+    batch_id: str | None
+    status: JobStatus
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    seed_strategy: str
+    params: dict[str, Any]
+    requested_params: dict[str, Any]
+    effective_params: dict[str, Any] | None
+    model_name: str
+    weights_fingerprint: str | None
+    priority: str
+    attempts: int
+    max_attempts: int
+    worker_host: str | None
+    worker_device: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: dict[str, Any] | None
+    output_uri: str | None
+    file_sha256: str | None
+    frames_sha256: str | None
+    env_fingerprint: dict[str, Any] | None
+    error_type: str | None
+    error_message: str | None
+    parent_job_id: str | None
+    cache_of_job_id: str | None
+    tags: dict[str, str]
+    starred: bool
+    progress: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
+        data = {f.name: row[f.name] for f in fields(cls)}
+        data["status"] = JobStatus(data["status"])
+        data["starred"] = bool(data["starred"])
+        data["progress"] = float(data["progress"])
+        return cls(**data)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def spec(self) -> RenderSpec:
+        """The render spec this job was created from (rebuilt from its canonical form)."""
+        return spec_from_canonical(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    manifest_digest: str
+    name: str
+    source_name: str
+    created_at: datetime
+    job_count: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> BatchRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One entry of a job's append-only trail."""
+
+    id: int
+    job_id: str
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    kind: str
+    worker: str | None
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> EventRecord:
+        data = {f.name: row[f.name] for f in fields(cls)}
+        data["from_status"] = None if data["from_status"] is None else JobStatus(data["from_status"])
+        data["to_status"] = JobStatus(data["to_status"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}

@@ -1,0 +1,129 @@
+"""All of farm's settings, read from ``FARM_*`` environment variables.
+
+This is the only module in farm that reads the environment. Everything else receives a
+:class:`Settings` (or calls :func:`get_settings`).
+
+With nothing configured, farm runs in *embedded* mode: an SQLite ledger file and an outputs
+folder under one data directory, the built-in ``tiny`` model, no services needed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Where the data directory lives when neither FARM_DATA_DIR nor XDG_DATA_HOME is set.
+DEFAULT_DATA_SUBDIR = "farm"
+#: File name of the embedded SQLite ledger, inside the data directory.
+EMBEDDED_LEDGER_FILENAME = "ledger.sqlite3"
+#: Default model when a job names none: the built-in tiny model works on any machine.
+DEFAULT_MODEL = "tiny"
+#: Seconds a worker's claim on a job lasts without a heartbeat.
+DEFAULT_LEASE_S = 120
+#: Seconds between heartbeats while rendering (well under the lease).
+DEFAULT_HEARTBEAT_S = 20
+#: How many times a job may be attempted before it fails for good.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Compatible jobs a worker renders together with expert-phase batching.
+DEFAULT_PHASE_BATCH = 4
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / DEFAULT_DATA_SUBDIR
+
+
+class Settings(BaseSettings):
+    """farm's configuration. Every field is read from ``FARM_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Root of embedded-mode state.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the ledger; default: SQLite file in the data dir."
+    )
+    broker_url: str | None = Field(default=None, description="Celery broker URL (redis://...).")
+    output_dir: Path | None = Field(default=None, description="Content-addressed outputs; default data_dir/outputs.")
+    model_dir: Path | None = Field(
+        default=None, description="Local Diffusers-format model directories; default data_dir/models."
+    )
+    default_model: str = Field(default=DEFAULT_MODEL)
+    device: str = Field(default="cpu", description="Torch device for in-process renders (cpu, cuda:0, ...).")
+    offload: Literal["none", "model", "expert", "sequential"] = Field(default="none")
+    phase_batch: int = Field(default=DEFAULT_PHASE_BATCH, ge=1, le=64)
+    lease_s: int = Field(default=DEFAULT_LEASE_S, ge=5)
+    heartbeat_s: int = Field(default=DEFAULT_HEARTBEAT_S, ge=1)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads for renders.")
+    log_level: str = Field(default="INFO")
+    sql_echo: bool = Field(default=False)
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no ledger database is configured (SQLite file in the data dir)."""
+        return self.database_url is None
+
+    @property
+    def ledger_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / EMBEDDED_LEDGER_FILENAME}"
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.output_dir if self.output_dir is not None else self.data_dir / "outputs"
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests that change the environment call this)."""
+    get_settings.cache_clear()
+
+
+def redacted_url(url: str) -> str:
+    """A URL with its password replaced, safe to print or log."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL (e.g. a broker URL)
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return urlunsplit(parts._replace(netloc=netloc))
+        return url
+
+
+def process_environment() -> dict[str, str]:
+    """The few non-FARM variables the environment fingerprint records (never secrets)."""
+    keys = ("CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "OMP_NUM_THREADS")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def set_process_environment(key: str, value: str) -> None:
+    """Set a process environment variable that must be in place before a library initialises
+    (``CUDA_VISIBLE_DEVICES`` before torch, ``CUBLAS_WORKSPACE_CONFIG`` before CUDA)."""
+    os.environ[key] = value

@@ -1,0 +1,387 @@
+"""The render job spec: one validated model of every parameter a render takes.
+
+``parse_spec(data)`` is the one door: it checks every rule up front and raises
+:class:`farm.errors.SpecError` whose problems name the field and the rule. A valid spec has a
+*canonical form* (normalised prompts, defaults filled from the model profile, sorted keys) and a
+*job key*: the sha256 of the canonical render parameters, the identity used for dedup and
+re-render. Metadata that does not change the frames (priority, tags, whether the job may be
+degraded, how its seed was chosen) is part of the canonical form but not of the key.
+
+Torch-free: producers import this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
+
+from farm.errors import Problem, SpecError
+from farm.profiles import PROFILES, SAMPLERS, ModelProfile
+from farm.settings import DEFAULT_MODEL
+
+# -- documented limits -------------------------------------------------------------------------
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 2000
+MIN_SIDE_PX = 32
+MAX_SIDE_PX = 2048
+MIN_FPS = 1
+MAX_FPS = 60
+MIN_STEPS = 1
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_FLOW_SHIFT = 30.0
+MAX_TAGS = 32
+MAX_TAG_KEY_CHARS = 64
+MAX_TAG_VALUE_CHARS = 256
+#: Version of the canonical form; part of every job key, so a change of canonicalisation rules
+#: can never silently collide with old keys.
+SPEC_VERSION = "farm.spec/1"
+
+OutputFormat = Literal["mp4", "mp4+frames"]
+Priority = Literal["interactive", "batch"]
+SeedStrategy = Literal["explicit", "pool", "prompt", "sweep", "random"]
+
+#: Fields that change the frames or the output bytes: these make the job key.
+RENDER_FIELDS: tuple[str, ...] = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "model",
+    "width",
+    "height",
+    "num_frames",
+    "fps",
+    "steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "boundary_ratio",
+    "flow_shift",
+    "sampler",
+    "output_format",
+)
+#: Fields recorded with the job that do not change its output.
+META_FIELDS: tuple[str, ...] = ("priority", "allow_degrade", "tags", "seed_strategy")
+
+_WS_RE = re.compile(r"\s+")
+_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+_ALLOWED_CONTROL = frozenset("\t\n\r")
+
+
+def normalize_prompt(text: str) -> str:
+    """NFC, every run of whitespace to one space, trimmed. Renders and seeds use this form."""
+    return _WS_RE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROL for c in text)
+
+
+def _check_text(value: str, *, allow_empty: bool) -> str:
+    if _has_control_chars(value):
+        raise PydanticCustomError(
+            "no_control_chars", "must not contain NUL or other control characters (tab/newline are allowed)"
+        )
+    norm = normalize_prompt(value)
+    if not norm and not allow_empty:
+        raise PydanticCustomError("not_blank", "must not be empty or whitespace only")
+    if len(norm) > MAX_PROMPT_CHARS:
+        raise PydanticCustomError(
+            "max_length", "must be at most {limit} characters after normalisation (got {n})",
+            {"limit": MAX_PROMPT_CHARS, "n": len(norm)},
+        )
+    return norm
+
+
+def _check_finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise PydanticCustomError("finite", "must be a finite number (not NaN or infinity)")
+    return value
+
+
+class RenderSpec(BaseModel):
+    """Every parameter of one render. ``None`` means "the model profile's default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: StrictStr
+    negative_prompt: StrictStr | None = None
+    seed: StrictInt
+    model: StrictStr = DEFAULT_MODEL
+    width: StrictInt | None = None
+    height: StrictInt | None = None
+    num_frames: StrictInt | None = None
+    fps: StrictInt | None = None
+    steps: StrictInt | None = None
+    guidance_scale: StrictFloat | StrictInt | None = None
+    guidance_scale_2: StrictFloat | StrictInt | None = None
+    boundary_ratio: StrictFloat | StrictInt | None = None
+    flow_shift: StrictFloat | StrictInt | None = None
+    sampler: StrictStr | None = None
+    output_format: OutputFormat = "mp4"
+    priority: Priority = "batch"
+    allow_degrade: StrictBool = False
+    tags: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    seed_strategy: SeedStrategy = "explicit"
+
+    # -- single-field rules ---------------------------------------------------------------------
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _check_text(v, allow_empty=False)
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative(cls, v: str | None) -> str | None:
+        return None if v is None else _check_text(v, allow_empty=True)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if not 0 <= v <= MAX_SEED:
+            raise PydanticCustomError("seed_range", "must be an integer in [0, 2^63-1]")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise PydanticCustomError(
+                "known_model", "unknown model {model!r}; known: {known}",
+                {"model": v, "known": ", ".join(sorted(PROFILES))},
+            )
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        if not MIN_SIDE_PX <= v <= MAX_SIDE_PX:
+            raise PydanticCustomError(
+                "size_bounds", "must be between {lo} and {hi} pixels", {"lo": MIN_SIDE_PX, "hi": MAX_SIDE_PX}
+            )
+        if v % 16:
+            raise PydanticCustomError("multiple_of_16", "must be a multiple of 16")
+        return v
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        if v < 1 or (v - 1) % 4:
+            raise PydanticCustomError("frames_4k_plus_1", "must be of the form 4k+1 (1, 5, 9, ..., 81, ...)")
+        return v
+
+    @field_validator("fps")
+    @classmethod
+    def _fps(cls, v: int | None) -> int | None:
+        if v is not None and not MIN_FPS <= v <= MAX_FPS:
+            raise PydanticCustomError("fps_range", "must be in [{lo}, {hi}]", {"lo": MIN_FPS, "hi": MAX_FPS})
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int | None) -> int | None:
+        if v is not None and not MIN_STEPS <= v <= MAX_STEPS:
+            raise PydanticCustomError(
+                "steps_range", "must be in [{lo}, {hi}]", {"lo": MIN_STEPS, "hi": MAX_STEPS}
+            )
+        return v
+
+    @field_validator("guidance_scale", "guidance_scale_2")
+    @classmethod
+    def _guidance(cls, v: float | None) -> float | None:
+        v = _check_finite(v)
+        if v is not None and not 0.0 <= v <= MAX_GUIDANCE:
+            raise PydanticCustomError("guidance_range", "must be in [0, {hi}]", {"hi": MAX_GUIDANCE})
+        # + 0.0 turns -0.0 into 0.0: the same render must not get two job keys
+        return None if v is None else float(v) + 0.0
+
+    @field_validator("boundary_ratio")
+    @classmethod
+    def _boundary(cls, v: float | None) -> float | None:
+        v = _check_finite(v)
+        if v is not None and not 0.0 < v < 1.0:
+            raise PydanticCustomError("boundary_range", "must be strictly between 0 and 1")
+        return None if v is None else float(v)
+
+    @field_validator("flow_shift")
+    @classmethod
+    def _shift(cls, v: float | None) -> float | None:
+        v = _check_finite(v)
+        if v is not None and not 0.0 < v <= MAX_FLOW_SHIFT:
+            raise PydanticCustomError("flow_shift_range", "must be in (0, {hi}]", {"hi": MAX_FLOW_SHIFT})
+        return None if v is None else float(v)
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str | None) -> str | None:
+        if v is not None and v not in SAMPLERS:
+            raise PydanticCustomError(
+                "known_sampler", "unknown sampler {s!r}; known: {known}", {"s": v, "known": ", ".join(SAMPLERS)}
+            )
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_TAGS:
+            raise PydanticCustomError("tags", "at most {n} tags", {"n": MAX_TAGS})
+        for key, value in v.items():
+            if not (0 < len(key) <= MAX_TAG_KEY_CHARS and _TAG_KEY_RE.match(key)):
+                raise PydanticCustomError(
+                    "tags", "tag keys are 1-{n} characters of A-Z a-z 0-9 _ . : / -", {"n": MAX_TAG_KEY_CHARS}
+                )
+            if len(value) > MAX_TAG_VALUE_CHARS or _has_control_chars(value):
+                raise PydanticCustomError(
+                    "tags", "tag values are at most {n} characters, no control characters",
+                    {"n": MAX_TAG_VALUE_CHARS},
+                )
+        return dict(sorted(v.items()))
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def profile(self) -> ModelProfile:
+        return PROFILES[self.model]
+
+    def canonical(self) -> dict[str, Any]:
+        """The canonical form: every field concrete (defaults from the profile), keys sorted."""
+        p = self.profile
+        # Each unset field takes the profile's default, independently of the others.
+        g2 = self.guidance_scale_2 if self.guidance_scale_2 is not None else p.guidance_scale_2
+        boundary = self.boundary_ratio if self.boundary_ratio is not None else p.boundary_ratio
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "negative_prompt": p.negative_prompt if self.negative_prompt is None else self.negative_prompt,
+            "seed": self.seed,
+            "model": self.model,
+            "width": p.width if self.width is None else self.width,
+            "height": p.height if self.height is None else self.height,
+            "num_frames": p.num_frames if self.num_frames is None else self.num_frames,
+            "fps": p.fps if self.fps is None else self.fps,
+            "steps": p.steps if self.steps is None else self.steps,
+            "guidance_scale": float(p.guidance_scale if self.guidance_scale is None else self.guidance_scale),
+            "guidance_scale_2": float(g2) if p.two_expert and g2 is not None else None,
+            "boundary_ratio": float(boundary) if p.two_expert and boundary is not None else None,
+            "flow_shift": float(p.flow_shift if self.flow_shift is None else self.flow_shift),
+            "sampler": p.sampler if self.sampler is None else self.sampler,
+            "output_format": self.output_format,
+            "priority": self.priority,
+            "allow_degrade": self.allow_degrade,
+            "tags": dict(self.tags),
+            "seed_strategy": self.seed_strategy,
+        }
+        return dict(sorted(out.items()))
+
+    def render_params(self) -> dict[str, Any]:
+        """The canonical fields that change the output (what the job key hashes)."""
+        canon = self.canonical()
+        return {k: canon[k] for k in sorted(RENDER_FIELDS)}
+
+    @property
+    def job_key(self) -> str:
+        return job_key_of(self.render_params())
+
+    def with_seed(self, seed: int, strategy: SeedStrategy) -> RenderSpec:
+        """A copy with another seed (checked)."""
+        data = self.model_dump()
+        data.update(seed=seed, seed_strategy=strategy)
+        return parse_spec(data)
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8 text; floats in shortest round-trip form."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def job_key_of(render_params: Mapping[str, Any]) -> str:
+    payload = SPEC_VERSION + "\n" + canonical_json(render_params)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _problems_from_pydantic(exc: PydanticValidationError, location: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(x) for x in err["loc"]]
+        field = loc[0] if loc else "spec"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            problems.append(Problem(field, "unknown_field", "is not a render spec field", location))
+            continue
+        if kind == "missing":
+            problems.append(Problem(field, "required", "is required", location))
+            continue
+        if kind == "literal_error":
+            kind = "one_of"
+        elif kind.endswith("_type") or kind in ("int_from_float", "bool_parsing", "int_parsing"):
+            kind = "type"
+        problems.append(Problem(field, kind, err["msg"], location))
+    return problems
+
+
+def _check_against_profile(spec: RenderSpec, location: str) -> list[Problem]:
+    """Rules that depend on the model: two-expert-only fields, the model's size multiple, frames."""
+    p = spec.profile
+    problems = []
+    if not p.two_expert:
+        for name in ("guidance_scale_2", "boundary_ratio"):
+            if getattr(spec, name) is not None:
+                problems.append(
+                    Problem(name, "two_expert_only", f"only two-expert models take it; {p.name} is dense", location)
+                )
+    for name in ("width", "height"):
+        value = getattr(spec, name)
+        if value is not None and value % p.size_multiple:
+            problems.append(
+                Problem(name, f"multiple_of_{p.size_multiple}", f"must be a multiple of {p.size_multiple} "
+                        f"for {p.name}", location)
+            )
+    if spec.num_frames is not None and spec.num_frames > p.max_frames:
+        problems.append(
+            Problem("num_frames", "frames_bounds", f"must be at most {p.max_frames} for {p.name}", location)
+        )
+    return problems
+
+
+def parse_spec(data: Mapping[str, Any] | RenderSpec, *, location: str = "") -> RenderSpec:
+    """Validate ``data`` into a :class:`RenderSpec`; raise :class:`SpecError` naming every bad field."""
+    if isinstance(data, RenderSpec):
+        data = data.model_dump()
+    if not isinstance(data, Mapping):
+        raise SpecError.one("spec", "type", f"must be a mapping of fields, got {type(data).__name__}", location)
+    try:
+        spec = RenderSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        raise SpecError(_problems_from_pydantic(exc, location)) from None
+    problems = _check_against_profile(spec, location)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def spec_from_canonical(canon: Mapping[str, Any]) -> RenderSpec:
+    """Rebuild a spec from its canonical form (as stored in the ledger)."""
+    data = dict(canon)
+    if not PROFILES.get(str(data.get("model")), PROFILES[DEFAULT_MODEL]).two_expert:
+        data.pop("guidance_scale_2", None)
+        data.pop("boundary_ratio", None)
+    return parse_spec(data)
