@@ -25,7 +25,8 @@ PROMPT = "a red fox running through snow, cinematic ../../etc/passwd"
 
 def run_farm(args: list[str], data_dir: Path, **env_extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    env.update(FARM_DATA_DIR=str(data_dir), FARM_TORCH_THREADS="1", **env_extra)
+    env.update(FARM_DATA_DIR=str(data_dir), FARM_TORCH_THREADS="1", PYTHONHASHSEED="1")
+    env.update(env_extra)
     return subprocess.run([FARM, *args], env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -87,8 +88,11 @@ def test_render_fills_every_recorded_field(first_render: tuple[Path, dict[str, A
 
 
 def test_same_command_same_frames_and_bytes(first_render: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """A fresh process with another hash seed and another torch thread count: same frames, same MP4."""
     _, first = first_render
-    again = render_json(tmp_path / "other", "--seed", "7", "--tag", "campaign=spring")
+    again = render_json(
+        tmp_path / "other", "--seed", "7", "--tag", "campaign=spring", PYTHONHASHSEED="2", FARM_TORCH_THREADS="2"
+    )
     assert again["job_id"] != first["job_id"]
     assert again["frames_sha256"] == first["frames_sha256"]
     assert again["file_sha256"] == first["file_sha256"]
