@@ -150,5 +150,14 @@ class OutOfMemory(TransientError):
         super().__init__(message)
 
 
+class BrokerUnavailable(TransientError):
+    """The message broker could not be reached (messages are sent again later by the reaper)."""
+
+
+class LeaseLost(LedgerError, ExpectedError):
+    """The worker no longer owns the job (its lease expired and the job moved on, or it was
+    cancelled): its result is not recorded."""
+
+
 class StorageError(TransientError):
     """Writing or reading an output file failed."""

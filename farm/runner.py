@@ -5,16 +5,24 @@ default, and the farm's workers — so a job recorded by one is indistinguishabl
 recorded by the other. The flow (rq-style, each outcome handed to one handler):
 
 1. **claim** each job in the ledger (queued -> running with a lease). A job that is not
-   claimable (already running under a live lease, already finished, cancelled) is *dropped*:
-   never rendered twice.
-2. **render** compatible jobs together (expert-phase batching, up to ``phase_batch`` at a time),
-   heartbeating the lease from the step callback; a job whose heartbeat fails (cancelled, or
-   its lease was taken over) is dropped from the batch at its next step.
-3. **store** each frame stack in the content-addressed output store.
-4. **record**: :meth:`handle_success`, :meth:`handle_retry` (transient errors: back to queued
-   while attempts remain) or :meth:`handle_failure` (permanent errors: failed at once).
+   claimable (already running under a live lease, already finished, cancelled, a follower) is
+   *dropped*: never rendered twice. Workers claim before calling :meth:`JobRunner.run_claimed`.
+2. **load** the model (kept warm by the engine), register its weights fingerprint, and answer
+   jobs whose output already exists (same job key, same weights) as cache hits, unless the job
+   says ``no_cache``.
+3. **render** compatible jobs together (expert-phase batching, up to ``phase_batch`` at a time).
+   A background thread heartbeats every job of the group every ``heartbeat_s`` (through the model
+   load, the render, the encode and the recording); a job whose heartbeat is refused (cancelled,
+   or its lease was taken over) is dropped from the batch at its next step.
+4. **store** each frame stack in the content-addressed output store.
+5. **record**: :meth:`handle_success`, :meth:`handle_retry` (transient errors: back to queued
+   while attempts remain) or :meth:`handle_failure` (permanent errors: failed at once). When
+   :attr:`JobRunner.stop` is set (a worker's shutdown deadline) the jobs still rendering are
+   handed back with ``ledger.release`` (the attempt is not counted).
 
-Imports torch only through the engine object it is given; importing this module is cheap.
+Ledger and storage calls go through :attr:`JobRunner.retry` (the worker passes tenacity backoff;
+``farm render`` calls once). Imports torch only through the engine object it is given; importing
+this module is cheap.
 """
 
 from __future__ import annotations
@@ -22,13 +30,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from farm.errors import ExpectedError, IllegalTransition, RenderCancelled
+from farm.errors import ExpectedError, IllegalTransition, RenderCancelled, TransientError
 from farm.ledger import JobRecord, Ledger
+from farm.spec import compatibility_key
 
 if TYPE_CHECKING:
     from farm.engine.outputs import OutputStore
@@ -36,17 +47,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Outcome names (what happened to one job id handed to :meth:`JobRunner.run`).
+T = TypeVar("T")
+
+#: Outcome names (what happened to one job handed to :meth:`JobRunner.run`).
 SUCCEEDED = "succeeded"
+CACHE_HIT = "cache-hit"
 FAILED = "failed"
 RETRY = "retry"
 CANCELLED = "cancelled"
 DROPPED = "dropped"
+RELEASED = "released"
+#: The outcome could not be written (the ledger stayed unreachable through the retries): the
+#: lease expires and the reaper queues the job again; its output, if any, stays in the store.
+UNRECORDED = "unrecorded"
 
 
 def worker_identity(device: str) -> str:
     """A worker's name in the ledger: host, device and process (unique per process)."""
     return f"{socket.gethostname()}/{device}/{os.getpid()}"
+
+
+class Retry(Protocol):
+    """Runs ``fn`` with retries for transient errors (``durable``: the long policy used to record
+    an outcome whose output is already stored)."""
+
+    def __call__(self, what: str, fn: Callable[[], T], *, durable: bool = False) -> T: ...
+
+
+def call_once(what: str, fn: Callable[[], T], *, durable: bool = False) -> T:
+    """The :class:`Retry` that does not retry (``farm render``: the user sees the error)."""
+    return fn()
+
+
+#: Fault injection (tests only): called with a group right before it renders and a function that
+#: says whether to stop waiting; returns the jobs that must fail, with their errors.
+BeforeRender = Callable[[Sequence[JobRecord], Callable[[], bool]], Mapping[str, BaseException]]
 
 
 @dataclass
@@ -55,6 +90,59 @@ class Outcome:
     outcome: str
     record: JobRecord | None = None
     error: str | None = None
+
+
+class Heartbeat:
+    """Extends the leases of claimed jobs from a background thread every ``interval`` seconds,
+    with the progress the step callback reports, until each job's outcome is recorded
+    (:meth:`finish`). A refused heartbeat marks the job *lost*; an unreachable ledger is logged and
+    tried again at the next beat (the lease outlasts short outages)."""
+
+    def __init__(self, ledger: Ledger, jobs: Sequence[JobRecord], *, worker_host: str, lease_s: float,
+                 interval: float):
+        self.ledger = ledger
+        self.job_ids = [j.id for j in jobs]
+        self.worker_host = worker_host
+        self.lease_s = lease_s
+        self.interval = interval
+        self.progress: dict[str, float] = dict.fromkeys(self.job_ids, 0.0)
+        self.lost: set[str] = set()
+        self.finished: set[str] = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+    def finish(self, job_id: str) -> None:
+        """The job's outcome is recorded: no more heartbeats for it."""
+        self.finished.add(job_id)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        for job_id in self.job_ids:
+            if job_id in self.lost or job_id in self.finished or self._done.is_set():
+                continue
+            try:
+                alive = self.ledger.heartbeat(job_id, worker_host=self.worker_host, lease_s=self.lease_s,
+                                              progress=min(1.0, max(0.0, self.progress[job_id])))
+            except TransientError as exc:
+                log.warning("job %s: heartbeat failed (%s); trying again in %.0f s", job_id, exc, self.interval)
+                continue
+            except Exception:
+                log.exception("job %s: heartbeat failed", job_id)
+                continue
+            if not alive and job_id not in self.finished:  # (finished meanwhile: its outcome was just recorded)
+                self.lost.add(job_id)
+                log.warning("job %s: lease lost (cancelled or taken over): stopping its render", job_id)
 
 
 @dataclass
@@ -70,7 +158,16 @@ class JobRunner:
     heartbeat_s: float
     phase_batch: int = 1
     clock: Callable[[], float] = time.monotonic
+    #: How ledger and storage calls are retried (see :class:`Retry`).
+    retry: Retry = call_once
+    #: Test-only fault injection (see :mod:`farm.worker.faults`).
+    before_render: BeforeRender | None = None
+    #: Answer jobs from existing outputs (same job key and weights) after the model is loaded.
+    use_cache: bool = True
+    #: Set to stop rendering now (shutdown deadline): rendering jobs are handed back.
+    stop: threading.Event = field(default_factory=threading.Event)
     _env: dict[str, Any] | None = field(default=None, repr=False)
+    _registered: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, job_ids: Sequence[str]) -> list[Outcome]:
@@ -78,67 +175,150 @@ class JobRunner:
         outcomes: dict[str, Outcome] = {}
         claimed: list[JobRecord] = []
         for job_id in job_ids:
-            record = self.ledger.claim(
-                job_id, worker_host=self.worker_host, worker_device=self.worker_device, lease_s=self.lease_s
-            )
+            record = self.claim(job_id)
             if record is None:
                 outcomes[job_id] = Outcome(job_id, DROPPED, self.ledger.get_job(job_id))
                 log.info("job %s not claimable (already taken or finished): dropped", job_id)
             else:
                 claimed.append(record)
-        for group in self._groups(claimed):
-            for outcome in self._render_group(group):
-                outcomes[outcome.job_id] = outcome
+        for outcome in self.run_claimed(claimed):
+            outcomes[outcome.job_id] = outcome
         return [outcomes[j] for j in job_ids]
 
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Claim one job for this worker (None: not claimable, drop its message)."""
+        return self.retry(f"claiming job {job_id}", lambda: self.ledger.claim(
+            job_id, worker_host=self.worker_host, worker_device=self.worker_device, lease_s=self.lease_s))
+
+    def run_claimed(self, records: Sequence[JobRecord]) -> list[Outcome]:
+        """Render and record jobs this worker has already claimed; one outcome per job, in order.
+        Every job's lease is heartbeated from the start until its outcome is recorded (a job
+        waiting for an earlier group keeps its lease). Jobs attempted before (``attempts > 1``: a
+        previous attempt crashed or failed) are rendered alone, so a poison job cannot take
+        compatible jobs down with it twice."""
+        outcomes: dict[str, Outcome] = {}
+        with Heartbeat(self.ledger, records, worker_host=self.worker_host, lease_s=self.lease_s,
+                       interval=self.heartbeat_s) as beat:
+            for group in self._groups(list(records)):
+                if self.stop.is_set():  # shutting down: groups not started yet go back at once
+                    group_outcomes = [self.handle_release(job, "worker shutting down") for job in group]
+                else:
+                    group_outcomes = self._render_group(group, beat)
+                for outcome in group_outcomes:
+                    outcomes[outcome.job_id] = outcome
+                    beat.finish(outcome.job_id)
+        return [outcomes[r.id] for r in records]
+
     def _groups(self, jobs: list[JobRecord]) -> list[list[JobRecord]]:
-        from farm.engine.wan import compatibility_key
-
         by_key: dict[Any, list[JobRecord]] = {}
+        alone: list[list[JobRecord]] = []
         for job in jobs:
-            by_key.setdefault(compatibility_key(job.params), []).append(job)
+            if job.attempts > 1:
+                alone.append([job])
+            else:
+                by_key.setdefault(compatibility_key(job.params), []).append(job)
         size = max(1, self.phase_batch)
-        return [group[i : i + size] for group in by_key.values() for i in range(0, len(group), size)]
+        return [group[i : i + size] for group in by_key.values() for i in range(0, len(group), size)] + alone
 
-    def _render_group(self, jobs: list[JobRecord]) -> list[Outcome]:
-        canons = [dict(j.params) for j in jobs]
-        last_beat = [self.clock()] * len(jobs)
-        lost: set[int] = set()
+    def _render_group(self, jobs: list[JobRecord], beat: Heartbeat) -> list[Outcome]:
+        outcomes: dict[str, Outcome] = {}
 
-        def on_step(index: int, step: int, total: int, phase: str) -> bool | None:
-            if self.clock() - last_beat[index] < self.heartbeat_s:
-                return None
-            last_beat[index] = self.clock()
-            alive = self.ledger.heartbeat(
-                jobs[index].id, worker_host=self.worker_host, lease_s=self.lease_s,
-                progress=min(1.0, step / max(1, total)),
-            )
-            if not alive:
-                lost.add(index)
-                return False
-            return None
+        def done(outcome: Outcome) -> None:
+            beat.finish(outcome.job_id)
+            outcomes[outcome.job_id] = outcome
 
         load_started = time.perf_counter()
         try:
             components = self.engine.load(jobs[0].model_name)
-            load_s = time.perf_counter() - load_started
-            results = self.engine.render(canons, on_step=on_step)
         except ExpectedError as exc:
             return [self.handle_failure(job, exc) for job in jobs]
         except Exception as exc:  # transient (OOM, storage, ...) or unexpected: retry, capped by attempts
             return [self.handle_retry(job, exc) for job in jobs]
-        outcomes = []
-        for job, result in zip(jobs, results, strict=True):
+        load_s = time.perf_counter() - load_started
+        fingerprint = components.weights_fingerprint
+        self._register_model(jobs[0].model_name, fingerprint)
+
+        todo: list[int] = []
+        for i, job in enumerate(jobs):
+            hit = self._cache_hit(job, fingerprint) if self.use_cache and not job.no_cache else None
+            if hit is not None:
+                done(hit)
+            else:
+                todo.append(i)
+        if todo and self.before_render is not None:
+            failing = self.before_render([jobs[i] for i in todo],
+                                         lambda: self._all_stopped(beat, [jobs[i].id for i in todo]))
+            for i in [i for i in todo if jobs[i].id in failing]:
+                done(self.handle_failure(jobs[i], failing[jobs[i].id]))
+            todo = [i for i in todo if jobs[i].id not in failing]
+        if not todo:
+            return [outcomes[j.id] for j in jobs]
+
+        def on_step(index: int, step: int, total: int, phase: str) -> bool | None:
+            job_id = jobs[todo[index]].id
+            beat.progress[job_id] = step / max(1, total)
+            if job_id in beat.lost or self.stop.is_set():
+                return False
+            return None
+
+        try:
+            results = self.engine.render([dict(jobs[i].params) for i in todo], on_step=on_step)
+        except ExpectedError as exc:
+            for i in todo:
+                done(self.handle_failure(jobs[i], exc))
+            return [outcomes[j.id] for j in jobs]
+        except Exception as exc:
+            for i in todo:
+                done(self.handle_retry(jobs[i], exc))
+            return [outcomes[j.id] for j in jobs]
+        for i, result in zip(todo, results, strict=True):
+            job = jobs[i]
+            lost = job.id in beat.lost
             if result.cancelled or result.frames is None:
-                outcomes.append(self.handle_cancelled(job, lost_lease=result.index in lost))
+                done(self.handle_cancelled(job, lost_lease=lost))
                 continue
             try:
-                outcomes.append(self.handle_success(job, result, components.weights_fingerprint, load_s))
+                done(self.handle_success(job, result, fingerprint, load_s))
             except ExpectedError as exc:
-                outcomes.append(self.handle_failure(job, exc))
+                done(self.handle_failure(job, exc))
             except Exception as exc:
-                outcomes.append(self.handle_retry(job, exc))
-        return outcomes
+                done(self.handle_retry(job, exc))
+        return [outcomes[j.id] for j in jobs]
+
+    def _all_stopped(self, beat: Heartbeat, job_ids: Sequence[str]) -> bool:
+        return self.stop.is_set() or all(j in beat.lost for j in job_ids)
+
+    # -- model and cache ------------------------------------------------------------------------
+    def _register_model(self, name: str, fingerprint: str) -> None:
+        if (name, fingerprint) in self._registered:
+            return
+        try:
+            self.retry(f"registering model {name}", lambda: self.ledger.register_model(
+                name, fingerprint, worker=self.worker_host))
+        except TransientError as exc:
+            log.warning("model %s: fingerprint not registered (%s); trying again at the next job", name, exc)
+            return
+        self._registered.add((name, fingerprint))
+
+    def _cache_hit(self, job: JobRecord, fingerprint: str) -> Outcome | None:
+        """Answer ``job`` from an existing output of the same job key and weights, if any."""
+        try:
+            original = self.retry(f"cache lookup for job {job.id}",
+                                  lambda: self.ledger.find_succeeded_by_key(job.job_key, fingerprint))
+        except TransientError as exc:
+            log.warning("job %s: cache lookup failed (%s); rendering", job.id, exc)
+            return None
+        if original is None or original.id == job.id or not _output_present(original.output_uri):
+            return None
+        try:
+            record = self.retry(f"recording cache hit for job {job.id}", lambda: self.ledger.record_cache_hit(
+                job.id, original.id, worker_host=self.worker_host), durable=True)
+        except IllegalTransition:
+            return Outcome(job.id, DROPPED, None, "lost the job before recording")
+        except TransientError as exc:
+            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
+        log.info("job %s: answered from job %s (same job key and weights)", job.id, original.id)
+        return Outcome(job.id, CACHE_HIT, record)
 
     # -- outcome handlers -----------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
@@ -152,9 +332,11 @@ class JobRunner:
         self, job: JobRecord, result: RenderResult, weights_fingerprint: str, load_s: float
     ) -> Outcome:
         effective = result.effective_params
-        assert result.frames is not None
+        frames = result.frames
+        assert frames is not None
         fps, output_format = int(effective["fps"]), str(effective["output_format"])
-        stored = self.store.put_render(result.frames, fps, job.job_key, output_format)
+        stored = self.retry(f"storing the output of job {job.id}",
+                            lambda: self.store.put_render(frames, fps, job.job_key, output_format))
         timings = {
             "load_s": round(load_s, 6),
             "render_s": round(float(result.stats.get("seconds", 0.0)), 6),
@@ -164,7 +346,7 @@ class JobRunner:
             "output_reused": stored.reused,
         }
         try:
-            record = self.ledger.record_success(
+            record = self.retry(f"recording the success of job {job.id}", lambda: self.ledger.record_success(
                 job.id,
                 output_uri=stored.uri,
                 file_sha256=stored.file_sha256,
@@ -174,12 +356,16 @@ class JobRunner:
                 env_fingerprint=self.environment(),
                 timings=timings,
                 worker_host=self.worker_host,
-            )
+            ), durable=True)
         except IllegalTransition:
             # Cancelled, or our lease expired and the job moved on: the output stays in the store
             # (content-addressed, so a later render of the same job finds the same file).
             log.warning("job %s: finished but no longer ours; output kept at %s", job.id, stored.uri)
-            return Outcome(job.id, DROPPED, self.ledger.get_job(job.id), "lost the job before recording")
+            return Outcome(job.id, DROPPED, None, "lost the job before recording")
+        except TransientError as exc:
+            log.error("job %s: success not recorded (%s); output kept at %s, the reaper queues it again",
+                      job.id, exc, stored.uri)
+            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
         return Outcome(job.id, SUCCEEDED, record)
 
     def handle_failure(self, job: JobRecord, exc: BaseException) -> Outcome:
@@ -193,22 +379,43 @@ class JobRunner:
         return self._record_error(job, exc, retry=True)
 
     def handle_cancelled(self, job: JobRecord, *, lost_lease: bool) -> Outcome:
-        record = self.ledger.get_job(job.id)
-        if not lost_lease and record.status.value == "running":
-            # Cancelled by the step callback for another reason: hand it back.
-            record = self.ledger.record_failure(
-                job.id, error_type=RenderCancelled.__name__, error_message="render stopped", retry=True,
-                worker_host=self.worker_host,
-            )
-        return Outcome(job.id, CANCELLED, record)
+        if lost_lease:
+            return Outcome(job.id, CANCELLED, None, "lease lost")
+        if self.stop.is_set():
+            return self.handle_release(job, "worker shutting down")
+        # Stopped by the step callback for another reason: hand it back as a retry.
+        return self._record_error(job, RenderCancelled("render stopped"), retry=True)
+
+    def handle_release(self, job: JobRecord, reason: str) -> Outcome:
+        """Hand a claimed job back (the attempt is not counted): shutdown."""
+        try:
+            record = self.retry(f"releasing job {job.id}", lambda: self.ledger.release(
+                job.id, worker_host=self.worker_host, reason=reason), durable=True)
+        except TransientError as exc:
+            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
+        log.warning("job %s handed back: %s", job.id, reason)
+        return Outcome(job.id, RELEASED if record is not None else DROPPED, record, reason)
 
     def _record_error(self, job: JobRecord, exc: BaseException, *, retry: bool) -> Outcome:
+        error_type = type(exc).__name__
+        message = str(exc) or repr(exc)
         try:
-            record = self.ledger.record_failure(
-                job.id, error_type=type(exc).__name__, error_message=str(exc) or repr(exc), retry=retry,
-                worker_host=self.worker_host,
-            )
+            record = self.retry(f"recording the failure of job {job.id}", lambda: self.ledger.record_failure(
+                job.id, error_type=error_type, error_message=message, retry=retry, worker_host=self.worker_host,
+            ), durable=True)
         except IllegalTransition:
-            return Outcome(job.id, DROPPED, self.ledger.get_job(job.id), str(exc))
+            return Outcome(job.id, DROPPED, None, str(exc))
+        except TransientError as error:
+            log.error("job %s: failure not recorded (%s)", job.id, error)
+            return Outcome(job.id, UNRECORDED, None, f"{error_type}: {exc}")
         outcome = RETRY if record.status.value == "queued" else FAILED
-        return Outcome(job.id, outcome, record, f"{type(exc).__name__}: {exc}")
+        return Outcome(job.id, outcome, record, f"{error_type}: {exc}")
+
+
+def _output_present(uri: str | None) -> bool:
+    """Whether a recorded output is still there (``file://`` URIs are checked on disk)."""
+    if not uri:
+        return False
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://")).is_file()
+    return True

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the data directory lives when neither FARM_DATA_DIR nor XDG_DATA_HOME is set.
@@ -31,6 +31,19 @@ DEFAULT_HEARTBEAT_S = 20
 DEFAULT_MAX_ATTEMPTS = 3
 #: Compatible jobs a worker renders together with expert-phase batching.
 DEFAULT_PHASE_BATCH = 4
+#: Seconds Redis waits before redelivering an unacknowledged message. Must stay above the
+#: longest render (A14B 720P: ~1,050 s on an H100); the ledger lease, not this, stops double renders.
+DEFAULT_VISIBILITY_TIMEOUT_S = 7200
+#: Seconds between two passes of the reaper (expired leases, jobs whose message was lost).
+DEFAULT_REAP_INTERVAL_S = 30
+#: A queued job whose message was sent this long ago and never claimed is enqueued again.
+DEFAULT_REENQUEUE_AFTER_S = 7200
+#: Consecutive failed jobs after which a worker stops taking work (circuit breaker).
+DEFAULT_CIRCUIT_BREAKER_FAILURES = 3
+#: Transient-error retries inside one attempt: first delay, cap (seconds) and count.
+DEFAULT_RETRY_BASE_S = 0.5
+DEFAULT_RETRY_CAP_S = 30.0
+DEFAULT_RETRY_COUNT = 6
 
 
 def _default_data_dir() -> Path:
@@ -61,6 +74,26 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(default=DEFAULT_HEARTBEAT_S, ge=1)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads for renders.")
+    # -- the farm (Celery on Redis) ---------------------------------------------------------------
+    visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
+    reap_interval_s: float = Field(default=DEFAULT_REAP_INTERVAL_S, gt=0)
+    reenqueue_after_s: float = Field(default=DEFAULT_REENQUEUE_AFTER_S, gt=0)
+    circuit_breaker_failures: int = Field(default=DEFAULT_CIRCUIT_BREAKER_FAILURES, ge=1)
+    retry_base_s: float = Field(default=DEFAULT_RETRY_BASE_S, ge=0)
+    retry_cap_s: float = Field(default=DEFAULT_RETRY_CAP_S, ge=0)
+    retry_count: int = Field(default=DEFAULT_RETRY_COUNT, ge=0)
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Prometheus port of a worker (GPU N listens on port + N)."
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
+    # -- HTTP API and Flower (secrets: never logged, never in code) -------------------------------
+    api_token: SecretStr | None = Field(default=None, description="Bearer token the HTTP API requires.")
+    api_host: str = Field(default="127.0.0.1")
+    api_port: int = Field(default=8400, ge=1, le=65535)
+    flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    #: Test-only fault injection (jobs tagged ``fault: crash|sleep|fail``). Never on in production.
+    fault_injection: bool = Field(default=False)
     log_level: str = Field(default="INFO")
     sql_echo: bool = Field(default=False)
 
@@ -80,6 +113,17 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / EMBEDDED_LEDGER_FILENAME}"
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker: FARM_BROKER_URL, else a local filesystem broker in the data dir
+        (embedded mode: no services)."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_path(self) -> Path:
+        """Folder of the embedded filesystem broker."""
+        return self.data_dir / "broker"
 
     @property
     def outputs_path(self) -> Path:

@@ -77,6 +77,18 @@ RENDER_FIELDS: tuple[str, ...] = (
     "sampler",
     "output_format",
 )
+#: Fields K jobs must share to be rendered together with expert-phase batching (the scheduler's
+#: timesteps and the switch step, the latent shape, the model). Prompts, seeds and guidance differ.
+COMPAT_FIELDS: tuple[str, ...] = (
+    "model",
+    "width",
+    "height",
+    "num_frames",
+    "steps",
+    "sampler",
+    "flow_shift",
+    "boundary_ratio",
+)
 #: Fields recorded with the job that do not change its output.
 META_FIELDS: tuple[str, ...] = ("priority", "allow_degrade", "tags", "seed_strategy")
 
@@ -306,6 +318,19 @@ class RenderSpec(BaseModel):
         data = self.model_dump()
         data.update(seed=seed, seed_strategy=strategy)
         return parse_spec(data)
+
+
+def compatibility_key(canon: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """What K jobs must share to be rendered together: ``((field, value), ...)`` over
+    :data:`COMPAT_FIELDS`. Jobs with equal keys can be phase-batched."""
+    return tuple((name, canon.get(name)) for name in COMPAT_FIELDS)
+
+
+def compat_digest(canon: Mapping[str, Any]) -> str:
+    """:func:`compatibility_key` as a short hex digest (stored with each job, indexed: workers
+    find compatible queued jobs with it)."""
+    payload = canonical_json(dict(compatibility_key(canon)))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def canonical_json(data: Mapping[str, Any]) -> str:

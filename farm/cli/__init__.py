@@ -18,6 +18,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "db",
     "jobs",
     "render",
+    "worker",
+    "workers",
+    "submit",
+    "batch",
+    "status",
+    "results",
+    "library",
+    "audit",
+    "api",
+    "flower",
 )
 
 CONTEXT_SETTINGS = {"auto_envvar_prefix": "FARM", "show_default": True, "help_option_names": ["-h", "--help"]}

@@ -78,11 +78,15 @@ def _show_text(job: JobRecord, trail: list[EventRecord]) -> None:
         ("status", job.status.value + (f" ({job.progress:.0%})" if job.status.value == "running" else "")),
         ("job key", job.job_key),
         ("batch", job.batch_id or "-"),
+        ("batch index", "-" if job.batch_index is None else str(job.batch_index)),
         ("model", job.model_name),
         ("prompt", job.prompt),
         ("negative prompt", job.negative_prompt or "-"),
         ("seed", f"{job.seed} ({job.seed_strategy})"),
         ("priority", job.priority),
+        ("compat key", job.compat_key),
+        ("no cache", "yes" if job.no_cache else "no"),
+        ("enqueued", _when(job.enqueued_at)),
         ("attempts", f"{job.attempts}/{job.max_attempts}"),
         ("worker", f"{job.worker_host} {job.worker_device or ''}".strip() if job.worker_host else "-"),
         ("created", _when(job.created_at)),
@@ -96,8 +100,10 @@ def _show_text(job: JobRecord, trail: list[EventRecord]) -> None:
     ]
     if job.parent_job_id:
         lines.append(("re-render of", job.parent_job_id))
-    if job.cache_of_job_id:
-        lines.append(("answered by", job.cache_of_job_id))
+    if job.cache_of_job_id and job.status.value == "queued":
+        lines.append(("follower of", job.cache_of_job_id))
+    elif job.cache_of_job_id:
+        lines.append(("cache of", job.cache_of_job_id))
     if job.error_type:
         lines.append(("error", f"{job.error_type}: {job.error_message or ''}"))
     if job.timings:

@@ -24,54 +24,12 @@ from farm.cli.common import (
     option,
     settings_with,
 )
-from farm.errors import InvalidInput
+from farm.client.specs import build_spec
 from farm.profiles import PROFILES, SAMPLERS
-from farm.seeds import random_seed, seed_from_prompt
-from farm.spec import RenderSpec, parse_spec
+from farm.spec import RenderSpec
 
-_SPEC_OPTIONS: dict[str, str] = {
-    "negative_prompt": "negative_prompt",
-    "width": "width",
-    "height": "height",
-    "frames": "num_frames",
-    "fps": "fps",
-    "steps": "steps",
-    "guidance": "guidance_scale",
-    "guidance_2": "guidance_scale_2",
-    "boundary_ratio": "boundary_ratio",
-    "flow_shift": "flow_shift",
-    "sampler": "sampler",
-    "output_format": "output_format",
-}
-
-
-def build_spec(
-    prompt: str, *, seed: int | None, seed_from_prompt_flag: bool, salt: str, model: str | None,
-    priority: str, allow_degrade: bool, tags: tuple[str, ...], values: dict[str, Any],
-) -> RenderSpec:
-    """The checked spec for one render (the seed resolved and its strategy recorded)."""
-    if seed is not None and seed_from_prompt_flag:
-        raise InvalidInput.one("seed", "one_seed_source", "give --seed or --seed-from-prompt, not both")
-    if seed is not None:
-        chosen, strategy = seed, "explicit"
-    elif seed_from_prompt_flag:
-        chosen, strategy = seed_from_prompt(prompt, salt), "prompt"
-    else:
-        chosen, strategy = random_seed(), "random"
-    tag_map: dict[str, str] = {}
-    for item in tags:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput.one("tags", "tags", f"--tag takes KEY=VALUE, got {item!r}")
-        tag_map[key] = value
-    data: dict[str, Any] = {
-        "prompt": prompt, "seed": chosen, "seed_strategy": strategy, "priority": priority,
-        "allow_degrade": allow_degrade, "tags": tag_map,
-    }
-    if model is not None:
-        data["model"] = model
-    data.update({_SPEC_OPTIONS[k]: v for k, v in values.items() if v is not None})
-    return parse_spec(data)
+#: Re-exported: the spec builder moved to farm.client.specs (shared with farm submit and the API).
+__all__ = ["build_spec", "copy_out", "register", "render_one"]
 
 
 def register(group: click.Group) -> None:

@@ -47,24 +47,13 @@ from farm.engine.placement import Placement
 from farm.errors import IncompatibleJob, RenderCancelled
 from farm.profiles import SAMPLERS, ModelProfile
 from farm.seeds import is_valid_seed
+from farm.spec import COMPAT_FIELDS, compatibility_key
 
 #: Text tokens the prompt is padded/truncated to (WanPipeline's default, Wan2.2's ``text_len``).
 MAX_SEQUENCE_LENGTH = 512
 PHASE_HIGH = "high_noise"
 PHASE_LOW = "low_noise"
 PHASE_DENSE = "dense"
-#: Fields K jobs must share to be phase-batched (the scheduler's timesteps and the switch step,
-#: the latent shape, the model). Prompts, seeds and guidance scales may differ.
-COMPAT_FIELDS: tuple[str, ...] = (
-    "model",
-    "width",
-    "height",
-    "num_frames",
-    "steps",
-    "sampler",
-    "flow_shift",
-    "boundary_ratio",
-)
 _REQUIRED_FIELDS: tuple[str, ...] = (
     *COMPAT_FIELDS,
     "prompt",
@@ -78,12 +67,6 @@ _REQUIRED_FIELDS: tuple[str, ...] = (
 #: job (``step`` counts the steps done, 1..total). Return ``False`` or raise
 #: :class:`RenderCancelled` to cancel that job; the other jobs of the batch go on.
 StepCallback = Callable[[int, int, int, str], "bool | None"]
-
-
-def compatibility_key(canon: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """What K jobs must share to be rendered together: ``((field, value), ...)`` over
-    :data:`COMPAT_FIELDS`. Jobs with equal keys can be phase-batched."""
-    return tuple((name, canon.get(name)) for name in COMPAT_FIELDS)
 
 
 def _number(value: Any) -> bool:

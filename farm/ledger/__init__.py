@@ -7,20 +7,24 @@ All database access goes through :class:`Ledger` (``farm.ledger.manager``). Modu
 * ``models`` — the tables;
 * ``records`` — frozen snapshots of rows, and :class:`NewJob`;
 * ``db`` — engines and the migration runner (scripts in the repository's ``migrations/``);
+* ``queueing`` — the farm's set-wise queries (dedup, enqueue, claim, workers), used by the gateway;
 * ``manager`` — the gateway.
 """
 
 from farm.ledger.manager import Ledger
-from farm.ledger.records import BatchRecord, EventRecord, JobRecord, NewJob
-from farm.ledger.status import TERMINAL, TRANSITIONS, JobStatus
+from farm.ledger.records import BatchRecord, EventRecord, JobRecord, ModelRecord, NewJob, WorkerRecord
+from farm.ledger.status import TERMINAL, TRANSITIONS, WORKER_STATES, JobStatus
 
 __all__ = [
     "TERMINAL",
     "TRANSITIONS",
+    "WORKER_STATES",
     "BatchRecord",
     "EventRecord",
     "JobRecord",
     "JobStatus",
     "Ledger",
+    "ModelRecord",
     "NewJob",
+    "WorkerRecord",
 ]

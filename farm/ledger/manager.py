@@ -9,6 +9,11 @@ allowed, or the UPDATE matched no row, the transaction rolls back and
 :class:`~farm.errors.IllegalTransition` (or :class:`~farm.errors.JobNotFound`) is raised:
 nothing is written, no event either.
 
+Many jobs on one edge at once (cache hits of new jobs, a leader's followers) go through
+``_transition_many``: the same checks, row locks, conditional UPDATEs and one event per job, sent
+set-wise. The farm's queries (dedup, enqueue backlog, claim_more, workers/models upserts) live in
+:mod:`farm.ledger.queueing`; the methods here are still the only way in.
+
 Events are append-only: the gateway has no way to change or delete one.
 
 Errors: connection and operational failures become :class:`~farm.errors.LedgerUnavailable`
@@ -24,8 +29,8 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,14 +42,15 @@ from farm.errors import (
     LedgerUnavailable,
     SchemaOutOfDate,
 )
-from farm.ledger import db
-from farm.ledger.models import batches, events, jobs
-from farm.ledger.records import BatchRecord, EventRecord, JobRecord, NewJob, new_id
-from farm.ledger.status import INITIAL, JobStatus, allowed_from, parse_status
+from farm.ledger import db, stats
+from farm.ledger import queueing as q
+from farm.ledger.models import batches, events, jobs, models, workers
+from farm.ledger.records import BatchRecord, EventRecord, JobRecord, NewJob, WorkerRecord, new_id
+from farm.ledger.status import PRIORITIES, JobStatus, allowed_from, parse_status
 from farm.ledger.types import utcnow
 from farm.settings import DEFAULT_MAX_ATTEMPTS, Settings, redacted_url
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "BatchRecord", "EventRecord", "JobRecord", "Ledger", "NewJob"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "BatchRecord", "EventRecord", "JobRecord", "Ledger", "NewJob", "WorkerRecord"]
 
 #: Longest error message kept with a job (longer ones are cut, with a marker).
 MAX_ERROR_MESSAGE_CHARS = 10_000
@@ -67,6 +73,14 @@ def _cut(message: str) -> str:
     if len(message) <= MAX_ERROR_MESSAGE_CHARS:
         return message
     return message[: MAX_ERROR_MESSAGE_CHARS - 20] + " ...[truncated]"
+
+
+def _check_change(names: Collection[str], kind: str) -> None:
+    bad = set(names) - set(jobs.c.keys()) | (set(names) & _PROTECTED_COLUMNS)
+    if bad:
+        raise ValueError(f"a transition cannot set {sorted(bad)}")
+    if not 0 < len(kind) <= MAX_EVENT_KIND_CHARS:
+        raise ValueError(f"event kind must be 1-{MAX_EVENT_KIND_CHARS} characters, got {kind!r}")
 
 
 def _missing_table(error: sa_exc.DBAPIError) -> bool:
@@ -113,6 +127,11 @@ class Ledger:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def stats_snapshot(self) -> stats.LedgerSnapshot:
+        """Aggregates for monitoring (job counts, oldest queued, workers, recent render times)."""
+        with self._read() as conn:
+            return stats.snapshot(conn, self._now())
 
     def __enter__(self) -> Ledger:
         return self
@@ -208,10 +227,13 @@ class Ledger:
 
     # -- adding jobs ---------------------------------------------------------------------------
     def add_jobs(self, new_jobs: Sequence[NewJob]) -> list[str]:
-        """Add jobs (queued) in one transaction, with one "created" event each; returns their ids."""
+        """Add jobs (queued) in one transaction, with one "created" event each; returns their ids.
+        Dedup applies (see :mod:`farm.ledger.queueing`): cache hits end succeeded at once
+        (event "cache-hit"), followers stay queued behind their leader and are never enqueued."""
         if not new_jobs:
             return []
         with self._write() as conn:
+            q.lock_dedup(conn)
             return self._insert_jobs(conn, new_jobs)
 
     def add_job(self, new_job: NewJob) -> str:
@@ -225,6 +247,7 @@ class Ledger:
         by_digest = select(batches.c.id).where(batches.c.manifest_digest == manifest_digest)
         try:
             with self._write() as conn:
+                q.lock_dedup(conn)
                 existing = conn.execute(by_digest).scalar_one_or_none()
                 if existing is not None:
                     return existing, False
@@ -250,46 +273,34 @@ class Ledger:
             return existing, False
 
     def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob]) -> list[str]:
+        """Insert with dedup, inside a write transaction that holds the dedup lock."""
         now = self._now()
-        rows = [
-            {
-                "id": j.id,
-                "job_key": j.job_key,
-                "batch_id": j.batch_id,
-                "status": INITIAL.value,
-                "prompt": j.prompt,
-                "negative_prompt": j.negative_prompt,
-                "seed": j.seed,
-                "seed_strategy": j.seed_strategy,
-                "params": dict(j.params),
-                "requested_params": dict(j.requested_params),
-                "model_name": j.model_name,
-                "priority": j.priority,
-                "attempts": 0,
-                "max_attempts": j.max_attempts,
-                "created_at": now,
-                "tags": dict(j.tags),
-                "starred": False,
-                "progress": 0.0,
-                "parent_job_id": j.parent_job_id,
-            }
-            for j in new_jobs
-        ]
-        trail = [
-            {
-                "job_id": j.id,
-                "at": now,
-                "from_status": None,
-                "to_status": INITIAL.value,
-                "kind": "created",
-                "worker": None,
-                "detail": {"batch_id": j.batch_id, "parent_job_id": j.parent_job_id},
-            }
-            for j in new_jobs
-        ]
-        conn.execute(insert(jobs), rows)
-        conn.execute(insert(events), trail)
+        plan = q.plan_dedup(conn, new_jobs)
+        q.insert_jobs(conn, new_jobs, plan, now)
+        hits = [(j.id, d.original) for j, d in zip(new_jobs, plan, strict=True) if d.original is not None]
+        self._answer_queued(conn, hits)
         return [j.id for j in new_jobs]
+
+    def _answer_queued(self, conn: Connection, hits: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Queued jobs -> succeeded, each with its original's output (event "cache-hit")."""
+        now = self._now()
+        self._transition_many(
+            conn, JobStatus.QUEUED, JobStatus.SUCCEEDED, kind=q.CACHE_HIT_EVENT, worker=None,
+            changes=[(job_id, q.answered_fields(original, now=now, queued=True), {"original": original["id"]})
+                     for job_id, original in hits],
+        )
+
+    def _resolve_followers(self, conn: Connection, leader_id: str) -> None:
+        """The leader succeeded: answer its queued followers from it (same transaction)."""
+        followers = q.follower_ids(conn, leader_id)
+        if followers:
+            original = q.original_row(conn, leader_id)
+            assert original is not None
+            self._answer_queued(conn, [(follower, original) for follower in followers])
+
+    def _release_followers(self, conn: Connection, leader_id: str, status: JobStatus) -> None:
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            q.release_followers(conn, leader_id, leader_status=status, now=self._now())
 
     # -- reading -------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRecord:
@@ -302,6 +313,37 @@ class Ledger:
         if row is None:
             raise JobNotFound(job_id)
         return JobRecord.from_row(row)
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        """Every job of the batch in ``batch_index`` order. :class:`BatchNotFound` if unknown."""
+        with self._read() as conn:
+            if conn.execute(select(batches.c.id).where(batches.c.id == batch_id)).first() is None:
+                raise BatchNotFound(batch_id)
+            return [JobRecord.from_row(r) for r in conn.execute(q.in_batch_order(batch_id)).mappings()]
+
+    def succeeded_jobs(self, batch_id: str | None = None) -> list[JobRecord]:
+        """Succeeded jobs (cache hits included), of one batch or all, in batch_index / creation order."""
+        query = q.in_batch_order(batch_id, status=JobStatus.SUCCEEDED)
+        with self._read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    # -- enqueue bookkeeping -------------------------------------------------------------------
+    def jobs_to_enqueue(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None,
+                        stale_before: datetime | None = None, limit: int | None = None) -> list[tuple[str, str]]:
+        """``(id, priority)`` of queued non-follower jobs whose ``enqueued_at`` is NULL (or older
+        than ``stale_before``), optionally of one batch / among ``job_ids``; interactive first,
+        then oldest, then ``batch_index``."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._read() as conn:
+            return q.to_enqueue(conn, batch_id=batch_id, job_ids=job_ids, stale_before=stale_before, limit=limit)
+
+    def mark_enqueued(self, job_ids: Sequence[str]) -> None:
+        """Record that the jobs' wake-up messages were sent now."""
+        if not job_ids:
+            return
+        with self._write() as conn:
+            q.mark_enqueued(conn, job_ids, self._now())
 
     def list_jobs(
         self,
@@ -378,10 +420,16 @@ class Ledger:
         **fields: Any,
     ) -> JobRecord:
         """Move the job to ``to`` along an allowed edge, setting ``fields`` (other columns) in the
-        same UPDATE and appending an event of ``kind``. Returns the job as it is afterwards."""
+        same UPDATE and appending an event of ``kind``. Returns the job as it is afterwards. Like the
+        convenience methods, a job that succeeds answers its followers; one that fails or is
+        cancelled releases them."""
+        target = parse_status(str(to))
         with self._write() as conn:
-            self._transition(conn, job_id, parse_status(str(to)), kind=kind, worker=worker, detail=detail,
-                             fields=fields)
+            q.lock_dedup(conn, shared=True)
+            self._transition(conn, job_id, target, kind=kind, worker=worker, detail=detail, fields=fields)
+            if target is JobStatus.SUCCEEDED:
+                self._resolve_followers(conn, job_id)
+            self._release_followers(conn, job_id, target)
             return self._job(conn, job_id)
 
     def _transition(
@@ -400,11 +448,7 @@ class Ledger:
         """The status change itself, inside the caller's write transaction. ``only_from`` narrows
         the allowed sources; ``guard`` is an extra condition of the UPDATE (e.g. ownership). Any
         exception raised here rolls the whole transaction back. Returns the previous status."""
-        bad = set(fields) - set(jobs.c.keys()) | (set(fields) & _PROTECTED_COLUMNS)
-        if bad:
-            raise ValueError(f"a transition cannot set {sorted(bad)}")
-        if not 0 < len(kind) <= MAX_EVENT_KIND_CHARS:
-            raise ValueError(f"event kind must be 1-{MAX_EVENT_KIND_CHARS} characters, got {kind!r}")
+        _check_change(fields, kind)
         allowed = allowed_from(to)
         if only_from is not None:
             allowed = allowed & frozenset(only_from)
@@ -435,30 +479,103 @@ class Ledger:
         )
         return current
 
+    def _transition_many(self, conn: Connection, source: JobStatus, to: JobStatus, *, kind: str, worker: str | None,
+                         changes: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
+        """:meth:`_transition` set-wise, for many jobs on the one edge ``source -> to``: ``changes``
+        are ``(job_id, fields, detail)`` (every job setting the same columns). The rows are locked
+        and checked, updated conditionally on ``source`` (one UPDATE each, sent as executemany),
+        and get one event each. A job not in ``source`` raises :class:`IllegalTransition` (and
+        an unknown one :class:`JobNotFound`): the caller's transaction rolls back."""
+        if not changes:
+            return
+        _check_change(changes[0][1], kind)
+        if any(set(fields) != set(changes[0][1]) for _, fields, _ in changes):
+            raise ValueError("every job of a set-wise transition must set the same columns")
+        statuses = q.lock_statuses(conn, [job_id for job_id, _, _ in changes])
+        for job_id, _, _ in changes:
+            if job_id not in statuses:
+                raise JobNotFound(job_id)
+            if statuses[job_id] != source.value or source not in allowed_from(to):
+                raise IllegalTransition(job_id, statuses[job_id], to.value)
+        if q.update_each(conn, source, to, [(job_id, fields) for job_id, fields, _ in changes]) != len(changes):
+            raise IllegalTransition(changes[0][0], source.value, to.value)
+        now = self._now()
+        conn.execute(insert(events), [
+            {"job_id": job_id, "at": now, "from_status": source.value, "to_status": to.value, "kind": kind,
+             "worker": worker, "detail": dict(detail) if detail is not None else None}
+            for job_id, _, detail in changes
+        ])
+
     # -- worker life cycle ---------------------------------------------------------------------
     def claim(self, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> JobRecord | None:
         """queued -> running for ``worker_host``: attempts + 1, a lease of ``lease_s`` seconds.
-        Returns None when the job is not queued (a redelivered or duplicate message: drop it);
-        raises :class:`JobNotFound` for an unknown id."""
+        Returns None when the job is not queued or is a follower (a redelivered or duplicate
+        message: drop it); raises :class:`JobNotFound` for an unknown id."""
         if lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
+        try:
+            with self._write() as conn:
+                self._claim(conn, job_id, worker_host=worker_host, worker_device=worker_device, lease_s=lease_s)
+                return self._job(conn, job_id)
+        except IllegalTransition:
+            return None
+
+    def _claim(self, conn: Connection, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> None:
         now = self._now()
+        self._transition(
+            conn, job_id, JobStatus.RUNNING, kind="claimed", worker=worker_host,
+            detail={"device": worker_device, "lease_s": lease_s},
+            fields={
+                "attempts": jobs.c.attempts + 1,
+                "worker_host": worker_host,
+                "worker_device": worker_device,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "heartbeat_at": now,
+                "started_at": now,
+                "finished_at": None,
+                "progress": 0.0,
+            },
+            only_from={JobStatus.QUEUED},
+            guard=jobs.c.cache_of_job_id.is_(None),
+        )
+
+    def claim_more(self, compat_key: str, *, limit: int, worker_host: str, worker_device: str, lease_s: float,
+                   priority: str | None = None) -> list[JobRecord]:
+        """Claim up to ``limit`` more queued non-follower jobs with this compat key (interactive
+        first, then oldest, then manifest order), each with its own "claimed" event, in one
+        transaction. On Postgres rows locked by a concurrent claimer are skipped, so two workers
+        never get the same job."""
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
+        if priority is not None and priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {priority!r}; valid: {', '.join(PRIORITIES)}")
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            ids = q.claimable_ids(conn, compat_key, limit=limit, priority=priority)
+            for job_id in ids:
+                self._claim(conn, job_id, worker_host=worker_host, worker_device=worker_device, lease_s=lease_s)
+            found = {r["id"]: JobRecord.from_row(r) for r in q.jobs_by_id(conn, ids)}
+        return [found[i] for i in ids]
+
+    def release(self, job_id: str, *, worker_host: str, reason: str) -> JobRecord | None:
+        """Hand a running job back (SIGTERM): running -> queued, event "released", the attempt not
+        counted (attempts - 1, never below 0), ``enqueued_at`` NULL (the reaper sends it again).
+        Only by its owner: None, nothing written, when the job is not running or ``worker_host``
+        does not own it."""
         try:
             with self._write() as conn:
                 self._transition(
-                    conn, job_id, JobStatus.RUNNING, kind="claimed", worker=worker_host,
-                    detail={"device": worker_device, "lease_s": lease_s},
+                    conn, job_id, JobStatus.QUEUED, kind="released", worker=worker_host,
+                    detail={"reason": reason},
                     fields={
-                        "attempts": jobs.c.attempts + 1,
-                        "worker_host": worker_host,
-                        "worker_device": worker_device,
-                        "lease_expires_at": now + timedelta(seconds=lease_s),
-                        "heartbeat_at": now,
-                        "started_at": now,
-                        "finished_at": None,
+                        "attempts": case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                        "enqueued_at": None,
+                        "lease_expires_at": None,
                         "progress": 0.0,
                     },
-                    only_from={JobStatus.QUEUED},
+                    only_from={JobStatus.RUNNING},
+                    guard=jobs.c.worker_host == worker_host,
                 )
                 return self._job(conn, job_id)
         except IllegalTransition:
@@ -507,8 +624,10 @@ class Ledger:
         worker_host: str | None = None,
     ) -> JobRecord:
         """running -> succeeded with the render's results. With ``worker_host``, only if that
-        worker still owns the job (else :class:`IllegalTransition`, nothing written)."""
+        worker still owns the job (else :class:`IllegalTransition`, nothing written). The job's
+        queued followers are answered from it in the same transaction."""
         with self._write() as conn:
+            q.lock_dedup(conn, shared=True)
             self._transition(
                 conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host,
                 detail={"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256},
@@ -529,6 +648,28 @@ class Ledger:
                 only_from={JobStatus.RUNNING},
                 guard=self._owner_guard(worker_host),
             )
+            self._resolve_followers(conn, job_id)
+            return self._job(conn, job_id)
+
+    def record_cache_hit(self, job_id: str, original_id: str, *, worker_host: str | None = None) -> JobRecord:
+        """running -> succeeded with the output of the succeeded job ``original_id`` (a worker found,
+        after loading the model, that the output exists); its followers are answered too. With
+        ``worker_host``, only if that worker owns the job. :class:`IllegalTransition` when the
+        original has not succeeded (nothing written)."""
+        with self._write() as conn:
+            q.lock_dedup(conn, shared=True)
+            original = q.original_row(conn, original_id)
+            if original is None:
+                raise JobNotFound(original_id)
+            if original["status"] != JobStatus.SUCCEEDED.value or original_id == job_id:
+                raise IllegalTransition(original_id, original["status"], JobStatus.SUCCEEDED.value)
+            self._transition(
+                conn, job_id, JobStatus.SUCCEEDED, kind=q.CACHE_HIT_EVENT, worker=worker_host,
+                detail={"original": original_id},
+                fields=q.answered_fields(original, now=self._now(), queued=False),
+                only_from={JobStatus.RUNNING}, guard=self._owner_guard(worker_host),
+            )
+            self._resolve_followers(conn, job_id)
             return self._job(conn, job_id)
 
     def record_failure(
@@ -541,9 +682,11 @@ class Ledger:
         worker_host: str | None = None,
     ) -> JobRecord:
         """A running job's attempt failed. With ``retry`` and attempts left: back to queued
-        (event "retried"); otherwise failed for good (event "failed")."""
+        (event "retried", ``enqueued_at`` NULL: the reaper sends it again); otherwise failed for
+        good (event "failed") and its followers are released."""
         message = _cut(error_message)
         with self._write() as conn:
+            q.lock_dedup(conn, shared=True)
             row = conn.execute(
                 select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id).with_for_update()
             ).first()
@@ -556,11 +699,12 @@ class Ledger:
                 "lease_expires_at": None,
             }
             if again:
-                fields["progress"] = 0.0
+                fields.update(progress=0.0, enqueued_at=None)
             else:
                 fields["finished_at"] = self._now()
+            to = JobStatus.QUEUED if again else JobStatus.FAILED
             self._transition(
-                conn, job_id, JobStatus.QUEUED if again else JobStatus.FAILED,
+                conn, job_id, to,
                 kind="retried" if again else "failed", worker=worker_host,
                 detail={
                     "error_type": error_type,
@@ -573,20 +717,25 @@ class Ledger:
                 only_from={JobStatus.RUNNING},
                 guard=self._owner_guard(worker_host),
             )
+            self._release_followers(conn, job_id, to)
             return self._job(conn, job_id)
 
     def cancel(self, job_id: str, *, detail: Mapping[str, Any] | None = None) -> JobRecord:
-        """queued or running -> cancelled (a running worker sees it at its next heartbeat)."""
+        """queued or running -> cancelled (a running worker sees it at its next heartbeat); the
+        job's followers are released."""
         with self._write() as conn:
+            q.lock_dedup(conn, shared=True)
             self._transition(
                 conn, job_id, JobStatus.CANCELLED, kind="cancelled", worker=None, detail=detail,
                 fields={"finished_at": self._now(), "lease_expires_at": None},
             )
+            self._release_followers(conn, job_id, JobStatus.CANCELLED)
             return self._job(conn, job_id)
 
     def requeue_expired(self, now: datetime | None = None) -> list[str]:
         """The reaper: every running job whose lease expired before ``now`` goes back to queued
-        if it has attempts left, else fails with ``error_type="LeaseExpired"``. Returns their ids.
+        (``enqueued_at`` NULL) if it has attempts left, else fails with
+        ``error_type="LeaseExpired"`` (its followers released). Returns their ids.
         A job whose worker heartbeats in the meantime is left alone."""
         now = now or self._now()
         expired_query = (
@@ -600,6 +749,7 @@ class Ledger:
         for job_id in candidates:
             try:
                 with self._write() as conn:
+                    q.lock_dedup(conn, shared=True)
                     c = jobs.c
                     columns = (c.attempts, c.max_attempts, c.worker_host, c.lease_expires_at)
                     row = conn.execute(select(*columns).where(c.id == job_id).with_for_update()).first()
@@ -608,7 +758,7 @@ class Ledger:
                     again = row.attempts < row.max_attempts
                     fields: dict[str, Any] = {"lease_expires_at": None}
                     if again:
-                        fields["progress"] = 0.0
+                        fields.update(progress=0.0, enqueued_at=None)
                     else:
                         fields.update(
                             error_type=LEASE_EXPIRED_ERROR,
@@ -616,8 +766,9 @@ class Ledger:
                                           f"of {row.max_attempts}",
                             finished_at=now,
                         )
+                    to = JobStatus.QUEUED if again else JobStatus.FAILED
                     self._transition(
-                        conn, job_id, JobStatus.QUEUED if again else JobStatus.FAILED,
+                        conn, job_id, to,
                         kind="lease-expired", worker=row.worker_host,
                         detail={
                             "lease_expires_at": row.lease_expires_at.isoformat(),
@@ -629,6 +780,7 @@ class Ledger:
                         only_from={JobStatus.RUNNING},
                         guard=jobs.c.lease_expires_at < now,
                     )
+                    self._release_followers(conn, job_id, to)
                 reaped.append(job_id)
             except IllegalTransition:
                 continue  # finished, cancelled or heartbeated since we looked
@@ -659,3 +811,34 @@ class Ledger:
                 )
             )
             return True
+
+    # -- models and workers --------------------------------------------------------------------
+    def register_model(self, name: str, weights_fingerprint: str, *, worker: str | None) -> None:
+        """Record the weights fingerprint ``name`` is loaded with (upsert): outputs rendered with
+        it answer new jobs as cache hits."""
+        if not weights_fingerprint:
+            raise ValueError("weights_fingerprint must not be empty")
+        with self._write() as conn:
+            q.upsert_model(conn, {"name": name, "weights_fingerprint": weights_fingerprint,
+                                  "updated_at": self._now(), "worker": worker})
+
+    def model_fingerprint(self, name: str) -> str | None:
+        with self._read() as conn:
+            query = select(models.c.weights_fingerprint).where(models.c.name == name)
+            return conn.execute(query).scalar_one_or_none()
+
+    def worker_seen(self, name: str, *, host: str, device: str, pid: int, state: str, consecutive_failures: int = 0,
+                    jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None) -> None:
+        """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now
+        (``started_at`` is set when it first appears, reports ``starting`` or a new pid)."""
+        values = q.worker_values(
+            name, self._now(), host=host, device=device, pid=pid, state=state, detail=detail,
+            consecutive_failures=consecutive_failures, jobs_succeeded=jobs_succeeded, jobs_failed=jobs_failed,
+        )
+        with self._write() as conn:
+            q.upsert_worker(conn, values)
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every worker ever seen, by name."""
+        with self._read() as conn:
+            return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]

@@ -1,4 +1,5 @@
-"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs`` and the append-only ``events``.
+"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs``, the append-only ``events``, and
+the farm's ``models`` (weights fingerprints, for cache hits) and ``workers`` (liveness).
 
 This metadata is what Alembic compares the migrated database against (``farm db check`` and the
 migration tests): a change here needs a migration in ``migrations/versions``.
@@ -26,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 
-from farm.ledger.status import PRIORITIES, JobStatus
+from farm.ledger.status import PRIORITIES, WORKER_STATES, JobStatus
 from farm.ledger.types import UTCDateTime, json_doc
 
 #: Constraint names are derived from these templates, identically in the models and migrations.
@@ -45,6 +46,11 @@ ID_CHARS = 36  # a UUID in its canonical text form
 SHA256_HEX_CHARS = 64
 STATUS_CHARS = 16
 NAME_CHARS = 255
+#: ``farm.spec.compat_digest``: a 32-hex-digit digest.
+COMPAT_KEY_CHARS = 32
+MODEL_NAME_CHARS = 64
+FINGERPRINT_CHARS = 128
+DEVICE_CHARS = 64
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -84,13 +90,13 @@ jobs = Table(
     Column("requested_params", json_doc(), nullable=False),
     #: What actually rendered (e.g. after degradation); set on success.
     Column("effective_params", json_doc(), nullable=True),
-    Column("model_name", String(64), nullable=False),
-    Column("weights_fingerprint", String(128), nullable=True),
+    Column("model_name", String(MODEL_NAME_CHARS), nullable=False),
+    Column("weights_fingerprint", String(FINGERPRINT_CHARS), nullable=True),
     Column("priority", String(STATUS_CHARS), nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("max_attempts", Integer, nullable=False),
     Column("worker_host", String(NAME_CHARS), nullable=True),
-    Column("worker_device", String(64), nullable=True),
+    Column("worker_device", String(DEVICE_CHARS), nullable=True),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
     Column("heartbeat_at", UTCDateTime(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -112,6 +118,14 @@ jobs = Table(
     Column("tags", json_doc(), nullable=False),
     Column("starred", Boolean(create_constraint=False), nullable=False, server_default=false()),
     Column("progress", Float, nullable=False, server_default=text("0")),
+    #: Position in the manifest expansion (batch jobs only).
+    Column("batch_index", Integer, nullable=True),
+    #: ``farm.spec.compat_digest(params)``: jobs with equal keys can be phase-batched together.
+    Column("compat_key", String(COMPAT_KEY_CHARS), nullable=False),
+    #: When the job's wake-up message was last sent (NULL: not sent since it became queued).
+    Column("enqueued_at", UTCDateTime(), nullable=True),
+    #: Never answered from another job's output (no cache hit, never a follower).
+    Column("no_cache", Boolean(create_constraint=False), nullable=False, server_default=false()),
     CheckConstraint(_in_list("status", STATUS_VALUES), name="status"),
     CheckConstraint(_in_list("priority", PRIORITIES), name="priority"),
     CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
@@ -120,6 +134,8 @@ jobs = Table(
     CheckConstraint("seed >= 0", name="seed_non_negative"),
     Index("ix_jobs_status_priority_created_at", "status", "priority", "created_at"),
     Index("ix_jobs_job_key_status", "job_key", "status"),
+    Index("ix_jobs_status_compat_key", "status", "compat_key"),
+    Index("ix_jobs_cache_of_job_id", "cache_of_job_id"),
 )
 
 events = Table(
@@ -136,4 +152,39 @@ events = Table(
     Column("detail", json_doc(), nullable=True),
     CheckConstraint(_in_list("to_status", STATUS_VALUES), name="to_status"),
     CheckConstraint(f"from_status IS NULL OR {_in_list('from_status', STATUS_VALUES)}", name="from_status"),
+)
+
+#: The weights fingerprint each model was last loaded with (a job's output is reused only when
+#: it was rendered with the same weights).
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(MODEL_NAME_CHARS), primary_key=True),
+    Column("weights_fingerprint", String(FINGERPRINT_CHARS), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    #: The worker that registered it.
+    Column("worker", String(NAME_CHARS), nullable=True),
+)
+
+WORKER_STATE_CHARS = 16
+
+#: One row per worker process (by its Celery hostname), upserted as it runs.
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(NAME_CHARS), primary_key=True),
+    Column("host", String(NAME_CHARS), nullable=False),
+    Column("device", String(DEVICE_CHARS), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("state", String(WORKER_STATE_CHARS), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
+    Column("jobs_succeeded", Integer, nullable=False, server_default=text("0")),
+    Column("jobs_failed", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("detail", json_doc(), nullable=True),
+    CheckConstraint(_in_list("state", WORKER_STATES), name="state"),
+    CheckConstraint(
+        "consecutive_failures >= 0 AND jobs_succeeded >= 0 AND jobs_failed >= 0", name="counters_non_negative"
+    ),
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from farm.ledger.status import JobStatus
 from farm.settings import DEFAULT_MAX_ATTEMPTS
-from farm.spec import RenderSpec, spec_from_canonical
+from farm.spec import RenderSpec, compat_digest, spec_from_canonical
 
 
 def _jsonable(value: Any) -> Any:
@@ -50,6 +50,16 @@ class NewJob:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     batch_id: str | None = None
     parent_job_id: str | None = None
+    #: Position in the manifest expansion (batch jobs).
+    batch_index: int | None = None
+    #: Never answer this job from another job's output (no cache hit, never a follower).
+    no_cache: bool = False
+    #: ``farm.spec.compat_digest(params)``; computed from ``params`` when left empty.
+    compat_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.compat_key:
+            object.__setattr__(self, "compat_key", compat_digest(self.params))
 
     @classmethod
     def from_spec(
@@ -60,6 +70,8 @@ class NewJob:
         parent_job_id: str | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         job_id: str | None = None,
+        batch_index: int | None = None,
+        no_cache: bool = False,
     ) -> NewJob:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -79,6 +91,9 @@ class NewJob:
             max_attempts=max_attempts,
             batch_id=batch_id,
             parent_job_id=parent_job_id,
+            batch_index=batch_index,
+            no_cache=no_cache,
+            compat_key=compat_digest(canon),
         )
 
 
@@ -121,18 +136,34 @@ class JobRecord:
     tags: dict[str, str]
     starred: bool
     progress: float
+    batch_index: int | None
+    compat_key: str
+    enqueued_at: datetime | None
+    no_cache: bool
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
         data = {f.name: row[f.name] for f in fields(cls)}
         data["status"] = JobStatus(data["status"])
         data["starred"] = bool(data["starred"])
+        data["no_cache"] = bool(data["no_cache"])
         data["progress"] = float(data["progress"])
         return cls(**data)
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def follower(self) -> bool:
+        """Queued behind a leader with the same job key (``cache_of_job_id``): never enqueued or
+        claimed; answered when the leader succeeds, released when it fails or is cancelled."""
+        return self.status is JobStatus.QUEUED and self.cache_of_job_id is not None
+
+    @property
+    def cache_hit(self) -> bool:
+        """Succeeded with another job's output, without rendering."""
+        return self.status is JobStatus.SUCCEEDED and self.cache_of_job_id is not None
 
     def spec(self) -> RenderSpec:
         """The render spec this job was created from (rebuilt from its canonical form)."""
@@ -178,6 +209,47 @@ class EventRecord:
         data["from_status"] = None if data["from_status"] is None else JobStatus(data["from_status"])
         data["to_status"] = JobStatus(data["to_status"])
         return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One row of the ``workers`` table."""
+
+    name: str
+    host: str
+    device: str
+    pid: int
+    state: str
+    consecutive_failures: int
+    jobs_succeeded: int
+    jobs_failed: int
+    started_at: datetime
+    last_seen_at: datetime
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkerRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One row of the ``models`` table."""
+
+    name: str
+    weights_fingerprint: str
+    updated_at: datetime
+    worker: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> ModelRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}

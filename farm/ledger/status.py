@@ -76,3 +76,7 @@ def parse_status(value: str) -> JobStatus:
 
 #: Priorities a job may have (the strings stored in the ledger).
 PRIORITIES: tuple[str, ...] = ("interactive", "batch")
+
+
+#: States a worker reports in the ``workers`` table.
+WORKER_STATES: tuple[str, ...] = ("starting", "idle", "busy", "circuit_open", "stopped")

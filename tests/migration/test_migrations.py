@@ -5,18 +5,20 @@ round-trips."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, MetaData, String, inspect
+from sqlalchemy import Column, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from farm.ledger import db
 from farm.ledger.models import metadata
+from farm.spec import compat_digest, parse_spec
 
-FARM_TABLES = {"batches", "jobs", "events"}
+FARM_TABLES = {"batches", "jobs", "events", "models", "workers"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -42,7 +44,7 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions][-1] == "0001"
+    assert [r.revision for r in revisions] == ["0002", "0001"]
     assert all(not r.is_merge_point for r in revisions)
     assert db.MIGRATIONS_DIR.is_dir() and (db.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -84,6 +86,15 @@ def test_constraints_and_indexes_exist_in_the_migrated_schema(empty_engine: Engi
     assert job_indexes["ix_jobs_status_priority_created_at"] == ("status", "priority", "created_at")
     assert job_indexes["ix_jobs_job_key_status"] == ("job_key", "status")
     assert job_indexes["ix_jobs_batch_id"] == ("batch_id",)
+    assert job_indexes["ix_jobs_status_compat_key"] == ("status", "compat_key")
+    assert job_indexes["ix_jobs_cache_of_job_id"] == ("cache_of_job_id",)
+    columns = {c["name"]: c for c in insp.get_columns("jobs")}
+    assert not columns["compat_key"]["nullable"] and not columns["no_cache"]["nullable"]
+    assert columns["batch_index"]["nullable"] and columns["enqueued_at"]["nullable"]
+    assert {"ck_workers_state", "ck_workers_counters_non_negative"} <= {
+        c["name"] for c in insp.get_check_constraints("workers")}
+    assert insp.get_pk_constraint("workers")["constrained_columns"] == ["name"]
+    assert insp.get_pk_constraint("models")["constrained_columns"] == ["name"]
     assert not any(ix["unique"] for ix in insp.get_indexes("jobs") if ix["column_names"] == ["job_key"])
     uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints("batches")]
     assert uniques == [("manifest_digest",)]
@@ -107,3 +118,44 @@ def test_offline_sql_can_be_generated() -> None:
     command.upgrade(cfg, "head", sql=True)
     sql = out.getvalue()
     assert "CREATE TABLE jobs" in sql and "JSONB" in sql and "TIMESTAMP WITH TIME ZONE" in sql
+
+
+def _insert_0001_job(engine: Engine, job_id: str, seed: int) -> dict[str, object]:
+    """A job (and its "created" event) written the way revision 0001's schema holds it."""
+    canon = parse_spec({"prompt": "an old job", "seed": seed, "steps": 4}).canonical()
+    reflected = MetaData()
+    jobs = Table("jobs", reflected, autoload_with=engine)
+    events = Table("events", reflected, autoload_with=engine)
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(jobs.insert().values(
+            id=job_id, job_key=f"{seed:064d}", status="queued", prompt="an old job", seed=seed,
+            seed_strategy="explicit", params=canon, requested_params={}, model_name=canon["model"],
+            priority="batch", attempts=0, max_attempts=3, created_at=at, tags={}, starred=False, progress=0.0,
+        ))
+        conn.execute(events.insert().values(job_id=job_id, at=at, to_status="queued", kind="created"))
+    return canon
+
+
+def test_upgrade_from_0001_keeps_jobs_and_fills_compat_keys(empty_engine: Engine) -> None:
+    db.upgrade(empty_engine, "0001")
+    canons = {f"job-{i}": _insert_0001_job(empty_engine, f"job-{i}", seed=i) for i in range(3)}
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == "0002"
+    jobs = Table("jobs", MetaData(), autoload_with=empty_engine)
+    with empty_engine.connect() as conn:
+        rows = conn.execute(select(jobs.c.id, jobs.c.compat_key, jobs.c.no_cache, jobs.c.batch_index,
+                                   jobs.c.enqueued_at)).all()
+    assert {r.id: r.compat_key for r in rows} == {job_id: compat_digest(c) for job_id, c in canons.items()}
+    assert all(not r.no_cache and r.batch_index is None and r.enqueued_at is None for r in rows)
+    assert _diff(empty_engine, metadata) == []
+
+    db.downgrade(empty_engine, "0001")
+    assert db.current_revision(empty_engine) == "0001"
+    assert _tables(empty_engine) == {"batches", "jobs", "events", "alembic_version"}
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 3
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 3
+    assert "compat_key" not in {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
+    db.upgrade(empty_engine)
+    assert _diff(empty_engine, metadata) == []

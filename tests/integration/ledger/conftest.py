@@ -49,14 +49,17 @@ MakeJob = Callable[..., NewJob]
 
 @pytest.fixture
 def make_job() -> MakeJob:
-    """``make_job(seed=..., prompt=..., max_attempts=..., **spec_fields)`` -> NewJob."""
+    """``make_job(seed=..., prompt=..., max_attempts=..., no_cache=..., batch_index=..., **spec_fields)``
+    -> NewJob."""
     counter = iter(range(1, 10**9))
 
     def make(*, max_attempts: int = 3, batch_id: str | None = None, parent_job_id: str | None = None,
-             job_id: str | None = None, **fields: Any) -> NewJob:
+             job_id: str | None = None, batch_index: int | None = None, no_cache: bool = False,
+             **fields: Any) -> NewJob:
         data: dict[str, Any] = {"prompt": "a red fox in the snow", "seed": next(counter)}
         data.update(fields)
         return NewJob.from_spec(parse_spec(data), max_attempts=max_attempts, batch_id=batch_id,
-                                parent_job_id=parent_job_id, job_id=job_id)
+                                parent_job_id=parent_job_id, job_id=job_id, batch_index=batch_index,
+                                no_cache=no_cache)
 
     return make

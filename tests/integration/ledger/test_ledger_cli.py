@@ -28,11 +28,11 @@ def test_db_upgrade_on_a_fresh_embedded_sqlite_data_dir(tmp_path: Path) -> None:
     env = {"FARM_DATA_DIR": str(data_dir)}
     done = farm("db", "upgrade", env=env)
     assert done.returncode == 0, done.stderr
-    assert "upgraded empty -> 0001" in done.stdout
+    assert "upgraded empty -> 0002" in done.stdout
     assert (data_dir / EMBEDDED_LEDGER_FILENAME).is_file()
     again = farm("db", "upgrade", "--json", env=env)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == {"url": json.loads(again.stdout)["url"], "from": "0001", "to": "0001"}
+    assert json.loads(again.stdout) == {"url": json.loads(again.stdout)["url"], "from": "0002", "to": "0002"}
     check = farm("db", "check", env=env)
     assert check.returncode == 0 and "ok" in check.stdout, check.stderr
 
@@ -47,7 +47,7 @@ def test_db_upgrade_on_a_sqlite_database_url(tmp_path: Path) -> None:
     assert (tmp_path / "elsewhere" / "farm.db").is_file()
     assert not (tmp_path / "unused").exists()
     after = json.loads(farm("db", "current", "--json", env=env).stdout)
-    assert after["current"] == after["head"] == "0001" and after["at_head"]
+    assert after["current"] == after["head"] == "0002" and after["at_head"]
 
 
 @pytest.mark.postgres
@@ -61,9 +61,9 @@ def test_db_commands_on_a_fresh_postgres_database(pg_empty_url: str, tmp_path: P
 
     done = farm("db", "upgrade", env=env)
     assert done.returncode == 0, done.stderr
-    assert "upgraded empty -> 0001" in done.stdout
+    assert "upgraded empty -> 0002" in done.stdout
     current = farm("db", "current", env=env)
-    assert current.returncode == 0 and "current: 0001" in current.stdout
+    assert current.returncode == 0 and "current: 0002" in current.stdout
     check = farm("db", "check", "--json", env=env)
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["ok"] is True
@@ -83,7 +83,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: str, request: pytest.F
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
-    assert sum("upgraded empty -> 0001" in out for out, _ in outputs) == 1
+    assert sum("upgraded empty -> 0002" in out for out, _ in outputs) == 1
     check = farm("db", "check", env={k: v for k, v in env.items() if k.startswith("FARM_")})
     assert check.returncode == 0, check.stderr
 
@@ -154,3 +154,39 @@ def test_jobs_list_on_a_fresh_embedded_data_dir(tmp_path: Path) -> None:
     done = farm("jobs", "list", env={"FARM_DATA_DIR": str(tmp_path / "d")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "no jobs"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_workers_list(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    env = {"FARM_DATA_DIR": str(tmp_path), "FARM_DATABASE_URL": url}
+    empty = farm("workers", env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip() == "no workers"
+    assert json.loads(farm("workers", "--json", env=env).stdout) == []
+    with Ledger(url) as ledger:
+        ledger.worker_seen("farm-gpu0@box", host="box", device="cuda:0", pid=4242, state="circuit_open",
+                           consecutive_failures=3, jobs_succeeded=5, jobs_failed=3, detail={"error": "Oom"})
+        ledger.worker_seen("farm-cpu-7@box", host="box", device="cpu", pid=7, state="idle")
+    rows = json.loads(farm("workers", "--json", env=env).stdout)
+    assert [(r["name"], r["state"], r["pid"]) for r in rows] == [
+        ("farm-cpu-7@box", "idle", 7), ("farm-gpu0@box", "circuit_open", 4242)]
+    assert rows[1]["detail"] == {"error": "Oom"} and rows[1]["consecutive_failures"] == 3
+    table = farm("workers", env=env)
+    assert table.returncode == 0
+    [gpu_line] = [line for line in table.stdout.splitlines() if line.startswith("farm-gpu0@box")]
+    assert "circuit_open" in gpu_line and "cuda:0" in gpu_line and "4242" in gpu_line
+
+
+def test_jobs_show_names_the_leader_of_a_follower(sqlite_url: str, tmp_path: Path) -> None:
+    env = {"FARM_DATA_DIR": str(tmp_path), "FARM_DATABASE_URL": sqlite_url}
+    spec = parse_spec({"prompt": "twice", "seed": 5})
+    with Ledger(sqlite_url) as ledger:
+        leader, follower = ledger.add_jobs([NewJob.from_spec(spec), NewJob.from_spec(spec, batch_index=3)])
+        ledger.mark_enqueued([leader])
+    shown = farm("jobs", "show", follower, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"follower of:      {leader}" in shown.stdout
+    assert "batch index:      3" in shown.stdout and "enqueued:         -" in shown.stdout
+    payload = json.loads(farm("jobs", "show", leader, "--json", env=env).stdout)
+    assert payload["job"]["enqueued_at"] is not None and payload["job"]["cache_of_job_id"] is None

@@ -359,7 +359,7 @@ def test_cache_hit_edge_queued_to_succeeded(ledger, make_job) -> None:
 
 
 def test_find_succeeded_by_key(ledger, make_job, clock) -> None:
-    first, second, other = make_job(seed=11), make_job(seed=11), make_job(seed=12)
+    first, second, other = make_job(seed=11), make_job(seed=11, no_cache=True), make_job(seed=12)
     ledger.add_jobs([first, second, other])
     assert ledger.find_succeeded_by_key(first.job_key) is None
     claim(ledger, first.id)

@@ -1,0 +1,12 @@
+"""farm's HTTP API (FastAPI): ``farm api`` serves :func:`farm.api.app.create_app`.
+
+Modules: ``app`` (the factory, error answers), ``routes`` (the ``/v1`` routes, ``/healthz``,
+``/metrics``), ``auth`` (bearer token, start-up policy), ``schemas`` (request/response models),
+``bodies`` (manifests in request bodies), ``files`` (which file a download serves).
+
+Producer code: never imports torch, diffusers, numpy, ``farm.engine`` or ``farm.queue.tasks``.
+"""
+
+from farm.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,245 @@
+"""The ``/v1`` routes, ``/healthz`` and ``/metrics``.
+
+Handlers are plain functions (FastAPI runs them in its thread pool: the ledger and the broker are
+blocking I/O). Submissions go through :class:`farm.client.Client` — the same door as the CLI and
+Python producers, so the same rules, dedup and idempotency apply; reads go to the ledger.
+Errors are raised as farm exceptions and turned into HTTP answers by :mod:`farm.api.app`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from farm.api import bodies, files
+from farm.api.schemas import (
+    BatchCreated,
+    BatchResults,
+    BatchView,
+    ErrorBody,
+    JobsCreated,
+    RenderRequest,
+)
+from farm.client import Client
+from farm.client.core import check_id, check_idempotency_key
+from farm.errors import BatchNotFound, IllegalTransition, InvalidInput, JobNotFound, Problem
+from farm.ledger import JobRecord, JobStatus
+
+#: Header naming a request so that repeating it creates nothing new.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Record fields never shown over HTTP (server paths: the download routes serve the files).
+HIDDEN_JOB_FIELDS = frozenset({"output_uri"})
+HIDDEN_RESULT_FIELDS = frozenset({"output", "output_uri"})
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorBody, "description": "No such job or batch."},
+    422: {"model": ErrorBody, "description": "Invalid input: every problem names its field and rule."},
+    503: {"model": ErrorBody, "description": "The ledger or the broker is unavailable; retry later."},
+}
+
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+
+
+def _client(request: Request) -> Client:
+    client: Client = request.app.state.client
+    return client
+
+
+def _job_id(value: str) -> str:
+    """A path's job id; anything that is not a UUID names no job (404, never a file path)."""
+    try:
+        return check_id(value, "job_id")
+    except InvalidInput:
+        raise JobNotFound(value[:64]) from None
+
+
+def _batch_id(value: str) -> str:
+    try:
+        return check_id(value, "batch_id")
+    except InvalidInput:
+        raise BatchNotFound(value[:64]) from None
+
+
+def _key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_idempotency_key(value)
+    except InvalidInput as exc:
+        raise InvalidInput(Problem(IDEMPOTENCY_HEADER, p.rule, p.message) for p in exc.problems) from None
+
+
+def _urls(job_id: str, status: str) -> dict[str, str | None]:
+    ready = status == JobStatus.SUCCEEDED.value
+    return {
+        "video_url": f"/v1/jobs/{job_id}/video" if ready else None,
+        "poster_url": f"/v1/jobs/{job_id}/poster" if ready else None,
+    }
+
+
+def job_view(job: JobRecord) -> dict[str, Any]:
+    view = {k: v for k, v in job.to_dict().items() if k not in HIDDEN_JOB_FIELDS}
+    view.update(_urls(job.id, job.status.value))
+    return view
+
+
+# -- liveness and metrics ------------------------------------------------------------------------
+
+
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def submit_job(body: RenderRequest, request: Request, response: Response,
+               idempotency_key: IdempotencyKey = None) -> JobsCreated:
+    """Submit one render (a ``sweep`` submits one per seed). 201 with the new job ids; with an
+    ``Idempotency-Key`` seen before, 200 with the first request's ids and nothing created or sent."""
+    key = _key(idempotency_key)
+    client = _client(request)
+    default_model = request.app.state.settings.default_model
+    body.specs(default_model)  # every rule, before anything is written (the client checks them again)
+    done = client.submit_detailed(body.prompt, idempotency_key=key, **body.client_kwargs(default_model))
+    response.status_code = 201 if done.created else 200
+    return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued)
+
+
+def get_job(job_id: str, request: Request) -> dict[str, Any]:
+    """Every recorded field of the job, with its download URLs once it succeeded."""
+    return job_view(_client(request).ledger.get_job(_job_id(job_id)))
+
+
+def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    """Cancel a queued or running job (a worker stops it at its next heartbeat)."""
+    checked = _job_id(job_id)
+    client = _client(request)
+    client.ledger.get_job(checked)  # 404 for an unknown job
+    report = client.cancel(checked)
+    if checked in report.unchanged:
+        raise IllegalTransition(checked, report.unchanged[checked], JobStatus.CANCELLED.value)
+    return job_view(client.ledger.get_job(checked))
+
+
+def _download(job_id: str, request: Request, kind: str) -> FileResponse:
+    job = _client(request).ledger.get_job(_job_id(job_id))
+    found = files.resolve_download(job, kind, request.app.state.settings.outputs_path)
+    return FileResponse(found.path, media_type=found.media_type, filename=found.filename)
+
+
+def job_video(job_id: str, request: Request) -> FileResponse:
+    """The job's MP4 (404 until it succeeded; 409 if the stored file is gone)."""
+    return _download(job_id, request, files.VIDEO)
+
+
+def job_poster(job_id: str, request: Request) -> FileResponse:
+    """The job's poster PNG (the middle frame)."""
+    return _download(job_id, request, files.POSTER)
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+_MANIFEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A batch manifest: the YAML manifest's schema as a JSON object, or YAML text.",
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["items"]}},
+            "text/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+async def submit_batch(request: Request, response: Response,
+                       no_cache: Annotated[bool, Query(description="Render every job, even identical ones.")] = False,
+                       idempotency_key: IdempotencyKey = None) -> BatchCreated:
+    """Submit a manifest. Every item is checked first: any problem is a 422 naming the item and the
+    field, and nothing is written or sent. A batch is named by its manifest's digest: the same
+    manifest again (with or without the same ``Idempotency-Key``) gives 200 and the same batch id."""
+    _key(idempotency_key)
+    manifest = bodies.manifest_from_body(await request.body(), request.headers.get("content-type"))
+    client = _client(request)
+    done = await run_in_threadpool(client.submit_batch, manifest, no_cache=no_cache)
+    response.status_code = 201 if done.created else 200
+    return BatchCreated(batch_id=done.batch_id, job_count=done.job_count, created=done.created,
+                        enqueued=done.enqueued, name=done.name, digest=done.digest)
+
+
+def get_batch(batch_id: str, request: Request) -> BatchView:
+    """The batch and how many of its jobs are in each status."""
+    ledger = _client(request).ledger
+    batch = ledger.get_batch(_batch_id(batch_id))
+    counts = {s.value: n for s, n in ledger.batch_counts(batch.id).items()}
+    done = sum(n for s, n in counts.items() if JobStatus(s).terminal)
+    return BatchView(id=batch.id, name=batch.name, source_name=batch.source_name,
+                     manifest_digest=batch.manifest_digest, created_at=batch.created_at.isoformat(),
+                     job_count=batch.job_count, counts=counts, done=done >= batch.job_count)
+
+
+def batch_results(batch_id: str, request: Request) -> BatchResults:
+    """One row per job, in manifest order: prompt, seed, parameters, hashes, status, download URLs."""
+    client = _client(request)
+    checked = _batch_id(batch_id)
+    client.ledger.get_batch(checked)  # 404 for an unknown batch (a job id is not a batch)
+    rows = []
+    for row in client.results(checked):
+        out = {k: v for k, v in row.items() if k not in HIDDEN_RESULT_FIELDS}
+        out.update(_urls(row["job_id"], row["status"]))
+        rows.append(out)
+    return BatchResults(batch_id=checked, results=rows)
+
+
+def cancel_batch(batch_id: str, request: Request) -> JSONResponse:
+    """Cancel every queued and running job of the batch; finished jobs are listed, unchanged."""
+    client = _client(request)
+    checked = _batch_id(batch_id)
+    client.ledger.get_batch(checked)
+    return JSONResponse(client.cancel(checked).to_dict())
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+_CONFLICT = {409: {"model": ErrorBody, "description": "The job already finished."}}
+_MISSING = {409: {"model": ErrorBody, "description": "The stored file is missing."}}
+_REPEAT_JOBS = {200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."}}
+_REPEAT_BATCH = {200: {"model": BatchCreated, "description": "The same manifest was submitted before."},
+                 415: {"model": ErrorBody, "description": "The body is neither JSON nor YAML."}}
+
+#: (method, path, endpoint, route options): every route of the API.
+ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
+    ("GET", "/healthz", healthz, {"tags": ["ops"], "summary": "Liveness (no authentication, no details)"}),
+    ("GET", "/metrics", metrics, {"tags": ["ops"], "summary": "Prometheus metrics (bearer token required)",
+                                  "response_class": Response, "responses": {401: ERRORS[401]}}),
+    ("POST", "/v1/jobs", submit_job, {"tags": ["jobs"], "status_code": 201, "response_model": JobsCreated,
+                                      "responses": {**ERRORS, **_REPEAT_JOBS}}),
+    ("GET", "/v1/jobs/{job_id}", get_job, {"tags": ["jobs"], "responses": ERRORS}),
+    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job, {"tags": ["jobs"], "responses": {**ERRORS, **_CONFLICT}}),
+    ("GET", "/v1/jobs/{job_id}/video", job_video, {"tags": ["jobs"], "response_class": FileResponse,
+                                                   "responses": {**ERRORS, **_MISSING}}),
+    ("GET", "/v1/jobs/{job_id}/poster", job_poster, {"tags": ["jobs"], "response_class": FileResponse,
+                                                     "responses": {**ERRORS, **_MISSING}}),
+    ("POST", "/v1/batches", submit_batch, {"tags": ["batches"], "status_code": 201, "response_model": BatchCreated,
+                                           "openapi_extra": _MANIFEST_BODY, "responses": {**ERRORS, **_REPEAT_BATCH}}),
+    ("GET", "/v1/batches/{batch_id}", get_batch, {"tags": ["batches"], "response_model": BatchView,
+                                                  "responses": ERRORS}),
+    ("GET", "/v1/batches/{batch_id}/results", batch_results, {"tags": ["batches"], "response_model": BatchResults,
+                                                              "responses": ERRORS}),
+    ("POST", "/v1/batches/{batch_id}/cancel", cancel_batch, {"tags": ["batches"], "responses": ERRORS}),
+)
+
+
+def register(app: FastAPI) -> None:
+    """Add every route of :data:`ROUTES` to ``app``."""
+    for method, path, endpoint, options in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method], **options)

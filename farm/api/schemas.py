@@ -1,0 +1,222 @@
+"""Request and response models of farm's HTTP API, and how validation errors become Problems.
+
+The request model only checks *shape* (which fields exist, their JSON types); every rule of a
+render spec is checked by :func:`farm.spec.parse_spec`, the same door the CLI and manifests use,
+so the API reports the same field and rule names (``width: multiple_of_16``,
+``num_frames: frames_4k_plus_1``, ``guidance_scale: finite``, ``model: known_model``, ...).
+
+Error bodies are always ``{"error": ..., "problems": [{"field", "rule", "message"}, ...]}``
+(:func:`problem_body`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+from farm.errors import Problem
+from farm.spec import RenderSpec
+
+Number = StrictFloat | StrictInt
+
+#: Spec fields a render request may carry (every field of :class:`RenderSpec` but the seed and its
+#: strategy, which the request's seed selection decides).
+SPEC_FIELDS: tuple[str, ...] = (
+    "negative_prompt",
+    "width",
+    "height",
+    "num_frames",
+    "fps",
+    "steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "boundary_ratio",
+    "flow_shift",
+    "sampler",
+    "output_format",
+    "allow_degrade",
+    "tags",
+)
+#: Where FastAPI puts the part of the request an error is about (dropped from the field name).
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+class Sweep(BaseModel):
+    """Seeds ``base - radius .. base + radius`` (one job per seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: StrictInt
+    radius: StrictInt
+
+
+class RenderRequest(BaseModel):
+    """One render request: a prompt, at most one seed selection, and any spec fields.
+
+    Seed selection (at most one): ``seed`` (explicit), ``seed_from_prompt`` (+ optional ``salt``),
+    ``sweep``; none of them draws a random seed (recorded with the job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: StrictStr
+    seed: StrictInt | None = Field(default=None, description="Explicit seed in [0, 2^63-1].")
+    seed_from_prompt: StrictBool = Field(default=False, description="Derive the seed from the prompt (sha256).")
+    salt: StrictStr = Field(default="", description="Salt of seed_from_prompt.")
+    sweep: Sweep | None = None
+    model: StrictStr | None = Field(default=None, description="Model profile (default: the farm's default).")
+    priority: Literal["interactive", "batch"] = "interactive"
+    no_cache: StrictBool = Field(default=False, description="Render even if an identical output exists.")
+    negative_prompt: StrictStr | None = None
+    width: StrictInt | None = None
+    height: StrictInt | None = None
+    num_frames: StrictInt | None = None
+    fps: StrictInt | None = None
+    steps: StrictInt | None = None
+    guidance_scale: Number | None = None
+    guidance_scale_2: Number | None = None
+    boundary_ratio: Number | None = None
+    flow_shift: Number | None = None
+    sampler: StrictStr | None = None
+    output_format: Literal["mp4", "mp4+frames"] | None = None
+    allow_degrade: StrictBool = False
+    tags: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The spec fields that were given (unset ones take the model profile's defaults)."""
+        given = {name: getattr(self, name) for name in SPEC_FIELDS}
+        return {k: v for k, v in given.items() if v is not None and not (k == "tags" and not v)}
+
+    def client_kwargs(self, default_model: str) -> dict[str, Any]:
+        """Keyword arguments of :meth:`farm.client.Client.submit_detailed` (which checks every rule
+        through :func:`farm.client.specs.build_specs` before anything is written). A request
+        without a model gets ``default_model`` (FARM_DEFAULT_MODEL), as on the CLI."""
+        return {
+            "seed": self.seed,
+            "seed_from_prompt": self.seed_from_prompt,
+            "salt": self.salt,
+            "sweep": None if self.sweep is None else (self.sweep.base, self.sweep.radius),
+            "model": default_model if self.model is None else self.model,
+            "priority": self.priority,
+            "no_cache": self.no_cache,
+            **self.spec_fields(),
+        }
+
+    def specs(self, default_model: str) -> list[RenderSpec]:
+        """The checked render specs of this request (one per seed; :class:`InvalidInput` naming
+        each broken rule). A random seed is drawn here only to check the rest of the spec."""
+        from farm.client.specs import build_specs
+
+        return build_specs(
+            self.prompt, seed=self.seed, seed_from_prompt_flag=self.seed_from_prompt, salt=self.salt,
+            sweep_of=None if self.sweep is None else (self.sweep.base, self.sweep.radius),
+            model=default_model if self.model is None else self.model, priority=self.priority,
+            fields=self.spec_fields(),
+        )
+
+
+class JobsCreated(BaseModel):
+    """Answer to ``POST /v1/jobs``: 201 when the jobs were created, 200 when an
+    ``Idempotency-Key`` named jobs created earlier (the same ids, nothing created or sent again)."""
+
+    job_ids: list[str]
+    created: bool
+    enqueued: int = Field(description="Wake-up messages sent by this request (cache hits and followers get none).")
+
+
+class BatchCreated(BaseModel):
+    """Answer to ``POST /v1/batches`` (201 new batch, 200 the same manifest submitted before)."""
+
+    batch_id: str
+    job_count: int
+    created: bool
+    enqueued: int = Field(description="Messages sent by this request (only never-sent jobs on a repeat).")
+    name: str
+    digest: str
+
+
+class BatchView(BaseModel):
+    id: str
+    name: str
+    source_name: str
+    manifest_digest: str
+    created_at: str
+    job_count: int
+    counts: dict[str, int] = Field(description="Jobs per status (every status, zeros included).")
+    done: bool = Field(description="True when every job is succeeded, failed or cancelled.")
+
+
+class BatchResults(BaseModel):
+    batch_id: str
+    results: list[dict[str, Any]] = Field(
+        description="One row per job in manifest order: job_id, batch_index, status, prompt, seed, params, "
+                    "hashes, timings, error, video_url / poster_url once succeeded."
+    )
+
+
+class ProblemItem(BaseModel):
+    field: str
+    rule: str
+    message: str
+    location: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    problems: list[ProblemItem] = Field(default_factory=list)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def problem_body(error: str, problems: Iterable[Problem]) -> dict[str, Any]:
+    """The JSON of every error answer."""
+    return {"error": error, "problems": [p.as_dict() for p in problems]}
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    parts = [str(x) for x in loc]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    # Union members appear as extra loc entries (e.g. "float", "int"): not part of the field name.
+    parts = [p for p in parts if p not in ("float", "int", "str", "bool")]
+    if not parts:
+        return str(loc[0]) if loc else "body"
+    return ".".join(parts)
+
+
+def problems_from_errors(errors: Iterable[Mapping[str, Any]]) -> list[Problem]:
+    """Problems (field, rule, message) from pydantic/FastAPI validation errors, with the rule names
+    :mod:`farm.spec` uses (``unknown_field``, ``required``, ``type``, ``one_of``, ``json``)."""
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        kind = str(err.get("type", "invalid"))
+        field = _field_name(loc)
+        if kind == "extra_forbidden":
+            rule, message = "unknown_field", "is not a field of this request"
+        elif kind == "missing":
+            rule, message = "required", "is required"
+        elif kind == "json_invalid":
+            field, rule, message = "body", "json", f"is not valid JSON: {err.get('msg', '')}"
+        elif kind == "literal_error":
+            rule, message = "one_of", str(err.get("msg", ""))
+        elif kind.endswith("_type") or kind in ("int_from_float", "bool_parsing", "int_parsing"):
+            rule, message = "type", str(err.get("msg", ""))
+        else:
+            rule, message = kind, str(err.get("msg", ""))
+        if (field, rule) in seen:  # a union reports each member: keep one problem per field and rule
+            continue
+        seen.add((field, rule))
+        problems.append(Problem(field, rule, message))
+    return problems

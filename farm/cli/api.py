@@ -1,0 +1,46 @@
+"""``farm api [--host H] [--port P] [--insecure-local]``: serve the HTTP API with uvicorn.
+
+Every route but ``/healthz`` requires ``Authorization: Bearer $FARM_API_TOKEN``. Without a token
+the command refuses to start (exit 2), unless it binds to 127.0.0.1 (or ::1) and is given
+``--insecure-local`` — for a developer's own machine only. The token is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import click
+
+from farm.cli.common import EXIT_BAD_INPUT, database_option, option, settings_with
+
+
+def register(group: click.Group) -> None:
+    @group.command("api")
+    @option("--host", envvar="FARM_API_HOST", default=None,
+            help="Address to bind (default: FARM_API_HOST, else 127.0.0.1).")
+    @option("--port", envvar="FARM_API_PORT", type=click.IntRange(1, 65535), default=None,
+            help="Port to listen on (default: FARM_API_PORT, else 8400).")
+    @option("--insecure-local", is_flag=True, default=False, allow_from_autoenv=False,
+            help="Serve WITHOUT a token: only on 127.0.0.1/::1, for a developer's machine "
+            "(a flag only: no environment variable turns it on).")
+    @option("--log-level", envvar="FARM_LOG_LEVEL", default=None, help="uvicorn log level (default: FARM_LOG_LEVEL).")
+    @database_option()
+    def api(host: str | None, port: int | None, insecure_local: bool, log_level: str | None,
+            database_url: str | None) -> None:
+        """Serve farm's HTTP API (OpenAPI schema at /openapi.json)."""
+        import uvicorn
+
+        from farm.api.app import create_app
+        from farm.api.auth import ApiConfigError
+
+        settings = settings_with(api_host=host, api_port=port, database_url=database_url)
+        try:
+            app = create_app(settings, insecure_local=insecure_local)
+        except ApiConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=(log_level or settings.log_level).lower(),
+            server_header=False,
+        )

@@ -1,0 +1,107 @@
+"""Checking what the farm produced: ``farm rerender JOB`` and ``farm audit [BATCH]``.
+
+* ``rerender`` renders a succeeded job again from its recorded spec (never from the cache) and,
+  with ``--wait``, compares the frames hash: exit 0 on a match, 1 on a mismatch (the environment,
+  weights and effective-parameter differences are listed) or when the re-render failed, 124 on
+  timeout. Without ``--wait`` it prints the new job's id (``farm wait`` it, then run
+  ``farm rerender --report NEW_JOB``).
+* ``audit`` re-hashes every succeeded job's stored MP4 (of one batch, or all) against the
+  recorded ``file_sha256``: exit 0 when all are intact, 1 when any is missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from farm.cli.common import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, json_option, option
+from farm.cli.status import EXIT_TIMEOUT
+from farm.cli.submit import client_options, open_client
+
+if TYPE_CHECKING:
+    from farm.client import AuditReport, RerenderReport
+
+
+def rerender_exit(r: RerenderReport, waited: bool) -> int:
+    if not waited:
+        return EXIT_OK
+    if r.timed_out:
+        return EXIT_TIMEOUT
+    return EXIT_OK if r.match else EXIT_FAILED
+
+
+def _print_rerender(r: RerenderReport, waited: bool) -> None:
+    click.echo(r.job_id)
+    if not waited:
+        click.echo(f"re-render of {r.parent_job_id} queued as {r.job_id}", err=True)
+        return
+    if r.timed_out or not r.finished:
+        click.echo(f"re-render {r.job_id} not finished ({r.status})", err=True)
+    elif r.match is None:
+        click.echo(f"re-render {r.job_id} {r.status}: nothing to compare", err=True)
+    elif r.match:
+        click.echo(f"MATCH: frames sha256 {r.frames_sha256} (as job {r.parent_job_id})", err=True)
+    else:
+        click.echo(f"MISMATCH: frames sha256 {r.frames_sha256}, job {r.parent_job_id} had "
+                   f"{r.parent_frames_sha256}", err=True)
+    if r.finished and (r.differences or r.match is False):
+        click.echo(f"differences ({len(r.differences)}):" if r.differences else "no recorded differences", err=True)
+        for d in r.differences:
+            click.echo(f"  {d}", err=True)
+
+
+def _print_audit(report: AuditReport) -> None:
+    for entry in report.missing:
+        click.echo(f"MISSING  {entry.job_id}  {entry.path or '-'}  ({entry.detail})")
+    for entry in report.corrupt:
+        click.echo(f"CORRUPT  {entry.job_id}  {entry.path}  expected {entry.expected}, got {entry.actual}")
+    click.echo(
+        f"{report.checked} checked: {len(report.ok)} ok, {len(report.missing)} missing, "
+        f"{len(report.corrupt)} corrupt", err=True,
+    )
+
+
+def register(group: click.Group) -> None:
+    @group.command("rerender")
+    @click.argument("job_id", metavar="JOB")
+    @option("--wait", "wait_flag", is_flag=True, default=False, help="Wait for the re-render and compare.")
+    @option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
+            help="With --wait: give up after this many seconds (exit 124).")
+    @option("--poll", "poll_s", type=click.FloatRange(min=0.05), default=1.0, help="Seconds between polls.")
+    @option("--report", "report_only", is_flag=True, default=False,
+            help="JOB is an earlier re-render: only print its comparison.")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def rerender(job_id: str, wait_flag: bool, timeout_s: float | None, poll_s: float, report_only: bool,
+                 database_url: str | None, broker_url: str | None, as_json: bool) -> None:
+        """Render a succeeded JOB again and compare its frames hash with the original."""
+        with open_client(database_url, broker_url) as client:
+            if report_only:
+                report = client.rerender_report(job_id)
+            else:
+                report = client.rerender(job_id, wait=wait_flag, timeout_s=timeout_s, poll_s=poll_s)
+        waited = wait_flag or report_only
+        if as_json:
+            emit_json(report.to_dict())
+        else:
+            _print_rerender(report, waited)
+        sys.exit(rerender_exit(report, waited))
+
+    @group.command("audit")
+    @click.argument("batch_id", metavar="[BATCH]", required=False)
+    @client_options
+    @json_option()
+    @handle_errors()
+    def audit(batch_id: str | None, database_url: str | None, broker_url: str | None, as_json: bool) -> None:
+        """Re-hash every succeeded job's stored file against its record. Exit 1 if any is missing
+        or corrupt."""
+        with open_client(database_url, broker_url) as client:
+            report = client.audit(batch_id)
+        if as_json:
+            emit_json(report.to_dict())
+        else:
+            _print_audit(report)
+        sys.exit(EXIT_OK if report.clean else EXIT_FAILED)

@@ -1,0 +1,41 @@
+"""``farm batch MANIFEST``: submit a batch manifest to the farm; prints the batch id.
+
+The whole manifest is validated first (any problem: exit 2 listing file, item, line, field and
+rule; nothing is written or sent). All jobs are written in one ledger transaction, then sent.
+Submitting the same manifest again prints the same batch id and sends only the jobs never sent
+(the way to finish a submission that was interrupted). ``--no-cache`` renders every job even when
+an identical one already succeeded; it is a batch of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from farm.cli.common import emit_json, handle_errors, json_option, option
+from farm.cli.submit import client_options, open_client
+
+
+def register(group: click.Group) -> None:
+    @group.command("batch")
+    @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+    @option("--no-cache", is_flag=True, default=False,
+            help="Render every job, even those identical to a succeeded job (a separate batch).")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def batch(manifest: Path, no_cache: bool, database_url: str | None, broker_url: str | None,
+              as_json: bool) -> None:
+        """Validate MANIFEST, record all its jobs, queue them; prints the batch id."""
+        with open_client(database_url, broker_url) as client:
+            sub = client.submit_batch(manifest, no_cache=no_cache)
+        if as_json:
+            emit_json(sub.to_dict())
+            return
+        click.echo(sub.batch_id)
+        what = "new batch" if sub.created else "already submitted (same manifest): nothing new written"
+        line = f"{sub.name}: {sub.job_count} job(s), {what}; {sub.enqueued} enqueued now"
+        if sub.not_sent:
+            line += f"; {sub.not_sent} accepted but not sent yet (broker unreachable; the reaper sends them)"
+        click.echo(line, err=True)

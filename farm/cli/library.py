@@ -1,0 +1,73 @@
+"""Working with jobs already submitted: ``farm cancel ID``, ``farm star JOB [--unstar]``,
+``farm sweep JOB --radius R``.
+
+* ``cancel`` takes a job or a batch: queued and running jobs are cancelled (a worker sees it at
+  its next heartbeat); finished ones are listed and left alone. Exit 0.
+* ``star`` bookmarks a job (``--unstar`` removes the mark).
+* ``sweep`` queues the neighbours of a succeeded job's seed (seed-R..seed+R without the seed
+  itself), the same spec otherwise, each recording the job as its parent. Any succeeded job may
+  be swept, starred or not.
+"""
+
+from __future__ import annotations
+
+import click
+
+from farm.cli.common import emit_json, handle_errors, json_option, option
+from farm.cli.submit import client_options, open_client
+
+
+def register(group: click.Group) -> None:
+    @group.command("cancel")
+    @click.argument("any_id", metavar="ID")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def cancel(any_id: str, database_url: str | None, broker_url: str | None, as_json: bool) -> None:
+        """Cancel a job, or every unfinished job of a batch."""
+        with open_client(database_url, broker_url) as client:
+            report = client.cancel(any_id)
+        if as_json:
+            emit_json(report.to_dict())
+            return
+        for job_id in report.cancelled:
+            click.echo(job_id)
+        left = f"; {len(report.unchanged)} already finished, left alone" if report.unchanged else ""
+        click.echo(f"{report.kind} {report.id}: {len(report.cancelled)} job(s) cancelled{left}", err=True)
+
+    @group.command("star")
+    @click.argument("job_id", metavar="JOB")
+    @option("--unstar", is_flag=True, default=False, help="Remove the star instead.")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def star(job_id: str, unstar: bool, database_url: str | None, broker_url: str | None, as_json: bool) -> None:
+        """Star a job (a bookmark: farm results shows it; farm sweep explores around it)."""
+        with open_client(database_url, broker_url) as client:
+            changed = client.star(job_id, not unstar)
+        state = "unstarred" if unstar else "starred"
+        if as_json:
+            emit_json({"job_id": job_id, "starred": not unstar, "changed": changed})
+        else:
+            click.echo(f"job {job_id} {state}" + ("" if changed else " (it already was)"))
+
+    @group.command("sweep")
+    @click.argument("job_id", metavar="JOB")
+    @option("--radius", type=int, required=True, help="Neighbours on each side of the job's seed (1-10000).")
+    @option("--priority", type=click.Choice(["interactive", "batch"]), default=None,
+            help="Queue of the new jobs (default: the job's own).")
+    @option("--no-cache", is_flag=True, default=False, help="Render even seeds already rendered.")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def sweep(job_id: str, radius: int, priority: str | None, no_cache: bool, database_url: str | None,
+              broker_url: str | None, as_json: bool) -> None:
+        """Queue the seed neighbours of a succeeded job; prints the new job ids."""
+        with open_client(database_url, broker_url) as client:
+            job_ids = client.sweep(job_id, radius, priority=priority, no_cache=no_cache)
+        if as_json:
+            emit_json({"parent_job_id": job_id, "job_ids": job_ids})
+            return
+        for new_id in job_ids:
+            click.echo(new_id)
+        click.echo(f"{len(job_ids)} neighbour job(s) of {job_id} queued", err=True)

@@ -1,0 +1,142 @@
+"""``farm submit PROMPT``: put one render (or a seed sweep) on the farm's queue.
+
+Prints the job id(s), one per line. The spec options are those of ``farm render``; the seed comes
+from ``--seed``, ``--seed-from-prompt [--salt S]``, ``--sweep BASE:RADIUS`` (one job per seed of
+BASE-RADIUS..BASE+RADIUS) or, with none of them, a random seed that is recorded. A job identical
+to a succeeded one is answered from the cache at once (``--no-cache`` renders anyway).
+
+Also the helpers the other producer commands share: the ledger/broker options and
+:func:`open_client`. Nothing heavy is imported until a command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from farm.cli.common import database_option, emit_json, handle_errors, json_option, option, settings_with
+from farm.errors import InvalidInput
+from farm.profiles import PROFILES, SAMPLERS
+
+if TYPE_CHECKING:
+    from farm.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def broker_option() -> Callable[[F], F]:
+    return option(
+        "--broker-url", envvar="FARM_BROKER_URL", default=None,
+        help="Celery broker URL (redis://...; default: the embedded filesystem broker in FARM_DATA_DIR).",
+    )
+
+
+def client_options(fn: F) -> F:
+    """``--database-url`` and ``--broker-url``."""
+    return database_option()(broker_option()(fn))
+
+
+def open_client(database_url: str | None, broker_url: str | None) -> Client:
+    """A client on the ledger and broker named by the options (else the FARM_* settings)."""
+    from farm.client import Client
+
+    return Client.from_settings(settings_with(database_url=database_url, broker_url=broker_url))
+
+
+def spec_options(fn: F) -> F:
+    """The render spec options ``farm render`` takes (their names map through
+    :data:`farm.client.specs.SPEC_OPTIONS`), plus ``--allow-degrade`` and ``--tag``."""
+    decorators = [
+        option("--negative-prompt", default=None, help="Negative prompt (default: the model's)."),
+        option("--width", type=int, default=None, help="Width in pixels (multiple of 16)."),
+        option("--height", type=int, default=None, help="Height in pixels (multiple of 16)."),
+        option("--frames", type=int, default=None, help="Number of frames (4k+1)."),
+        option("--fps", type=int, default=None, help="Frames per second of the video."),
+        option("--steps", type=int, default=None, help="Denoising steps."),
+        option("--guidance", type=float, default=None, help="Guidance scale (high-noise expert)."),
+        option("--guidance-2", type=float, default=None, help="Guidance scale of the low-noise expert."),
+        option("--boundary-ratio", type=float, default=None, help="Expert switch boundary in (0, 1)."),
+        option("--flow-shift", type=float, default=None, help="Scheduler flow shift."),
+        option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Sampler."),
+        option("--output-format", type=click.Choice(["mp4", "mp4+frames"]), default=None, help="Outputs to write."),
+        option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory."),
+        option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable)."),
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn
+
+
+def parse_sweep(text: str | None) -> tuple[int, int] | None:
+    """``"BASE:RADIUS"`` -> ``(base, radius)`` (the ranges are checked by the client)."""
+    if text is None:
+        return None
+    base, sep, radius = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return int(base), int(radius)
+    except ValueError:
+        raise InvalidInput.one("sweep", "base_radius", f"must be BASE:RADIUS (two integers), got {text!r}") from None
+
+
+def register(group: click.Group) -> None:
+    @group.command("submit")
+    @click.argument("prompt")
+    @option("--seed", type=int, default=None, help="Explicit seed in [0, 2^63-1] (default: random, recorded).")
+    @option("--seed-from-prompt", "seed_from_prompt_flag", is_flag=True, default=False,
+            envvar="FARM_SUBMIT_SEED_FROM_PROMPT",
+            help="Derive the seed from the prompt (sha256; the same in every process).")
+    @option("--salt", default="", help="Salt for --seed-from-prompt.")
+    @option("--sweep", "sweep_text", default=None, metavar="BASE:RADIUS", envvar="FARM_SUBMIT_SWEEP",
+            help="One job per seed BASE-RADIUS..BASE+RADIUS (strategy sweep).")
+    @option("--model", default=None, type=click.Choice(sorted(PROFILES)), envvar="FARM_DEFAULT_MODEL",
+            help="Model profile (default: FARM_DEFAULT_MODEL, else tiny).")
+    @spec_options
+    @option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive",
+            help="Queue: interactive (someone is waiting) or batch.")
+    @option("--no-cache", is_flag=True, default=False,
+            help="Render even if an identical job already succeeded or is in progress.")
+    @option("--idempotency-key", default=None,
+            help="Submitting again with the same key returns the first submission's job ids.")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def submit(prompt: str, seed: int | None, seed_from_prompt_flag: bool, salt: str, sweep_text: str | None,
+               model: str | None, priority: str, no_cache: bool, idempotency_key: str | None,
+               allow_degrade: bool, tags: tuple[str, ...], database_url: str | None, broker_url: str | None,
+               as_json: bool, **values: Any) -> None:
+        """Queue a render of PROMPT on the farm; prints the job id(s)."""
+        from farm.client.specs import SPEC_OPTIONS, parse_tags
+
+        fields: dict[str, Any] = {SPEC_OPTIONS[k]: v for k, v in values.items() if v is not None}
+        fields.update(allow_degrade=allow_degrade, tags=parse_tags(tags))
+        sweep = parse_sweep(sweep_text)
+        with open_client(database_url, broker_url) as client:
+            sub = client.submit_detailed(
+                prompt, seed=seed, seed_from_prompt=seed_from_prompt_flag, salt=salt, sweep=sweep, model=model,
+                priority=priority, no_cache=no_cache, idempotency_key=idempotency_key, **fields,
+            )
+            first = client.ledger.get_job(sub.job_ids[0])
+        if as_json:
+            emit_json({**sub.to_dict(), "first_status": first.status.value, "cache_of": first.cache_of_job_id})
+            return
+        for job_id in sub.job_ids:
+            click.echo(job_id)
+        _summary(sub.to_dict(), first.status.value, first.cache_of_job_id)
+
+
+def _summary(sub: dict[str, Any], first_status: str, cache_of: str | None) -> None:
+    n = len(sub["job_ids"])
+    seeds = sub["seeds"]
+    seed_text = f"seed {seeds[0]}" if n == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
+    parts = [f"{n} job(s), {seed_text} [{sub['seed_strategy']}]", f"{sub['enqueued']} enqueued"]
+    if not sub["created"]:
+        parts.append("idempotency key seen before: the first submission's jobs")
+    if n == 1 and cache_of:
+        parts.append(f"{'answered from the cache' if first_status == 'succeeded' else 'following'} job {cache_of}")
+    if sub["not_sent"]:
+        parts.append(f"{sub['not_sent']} accepted but not sent yet (broker unreachable; the reaper sends them)")
+    click.echo("; ".join(parts), err=True)

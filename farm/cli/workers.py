@@ -1,0 +1,44 @@
+"""``farm workers [--json]``: the workers the ledger has seen (state, device, counters, last seen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from farm.cli.common import database_option, emit_json, handle_errors, json_option, settings_with
+
+
+def _when(value: Any) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+@click.command("workers")
+@database_option()
+@json_option()
+@handle_errors()
+def workers_command(database_url: str | None, as_json: bool) -> None:
+    """List the workers in the ledger's workers table."""
+    from farm.ledger import Ledger
+
+    with Ledger.from_settings(settings_with(database_url=database_url)) as ledger:
+        found = ledger.list_workers()
+    if as_json:
+        emit_json([w.to_dict() for w in found])
+        return
+    if not found:
+        click.echo("no workers")
+        return
+    click.echo(
+        f"{'NAME':32}  {'STATE':12}  {'DEVICE':8}  {'PID':>7}  {'OK':>6}  {'FAILED':>6}  {'IN A ROW':>8}  "
+        f"{'STARTED':25}  LAST SEEN"
+    )
+    for w in found:
+        click.echo(
+            f"{w.name:32}  {w.state:12}  {w.device:8}  {w.pid:>7}  {w.jobs_succeeded:>6}  {w.jobs_failed:>6}  "
+            f"{w.consecutive_failures:>8}  {_when(w.started_at):25}  {_when(w.last_seen_at)}"
+        )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(workers_command)

@@ -1,0 +1,439 @@
+"""The producer API: :class:`Client` submits jobs and batches, follows them, and checks them.
+
+Every operation validates all of its input first (a broken rule raises
+:class:`~farm.errors.InvalidInput` naming the field and the rule, before anything is written or
+enqueued), then writes the ledger in one transaction, then sends the wake-up messages
+(:func:`farm.queue.enqueue.enqueue_jobs`, imported only when there is something to send). The
+ledger is the source of truth: a job accepted but not yet sent (producer killed, broker down) is
+sent by the next submission of the same batch or by the reaper; nothing accepted is lost.
+
+Torch-free: no torch, diffusers, numpy, ``farm.engine`` or ``farm.queue.tasks``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from farm.client import reports
+from farm.client.audit import audit_jobs
+from farm.client.reports import (
+    AuditReport,
+    BatchSubmission,
+    CancelReport,
+    JobSubmission,
+    RerenderReport,
+    StatusReport,
+)
+from farm.client.specs import build_specs
+from farm.errors import (
+    BatchNotFound,
+    BrokerUnavailable,
+    IllegalTransition,
+    InvalidInput,
+)
+from farm.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from farm.ledger import JobRecord, Ledger, NewJob
+    from farm.manifest import ExpandedBatch, Manifest
+
+log = logging.getLogger(__name__)
+
+#: Messages sent per :func:`enqueue_jobs` call (each call marks its jobs enqueued in the ledger,
+#: so a producer killed half-way leaves few jobs sent but unmarked).
+SEND_CHUNK = 500
+#: Default seconds between two polls of :meth:`Client.wait`.
+DEFAULT_POLL_S = 1.0
+#: Longest idempotency key accepted.
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Domain of the pseudo manifest digest that stores an idempotency key (never a manifest's digest,
+#: which has its own domain).
+IDEMPOTENCY_DOMAIN = "idem:"
+#: Domain of the batch digest of a manifest submitted with ``no_cache``.
+NO_CACHE_DOMAIN = "no-cache:"
+#: Source name recorded for the pseudo batches of idempotent submissions.
+SUBMIT_SOURCE = "farm-submit"
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def idempotency_digest(key: str) -> str:
+    """The batch digest under which an idempotency key is stored."""
+    return _sha256(IDEMPOTENCY_DOMAIN + key)
+
+
+def check_idempotency_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidInput.one("idempotency_key", "type", f"must be text, got {type(key).__name__}")
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidInput.one(
+            "idempotency_key", "idempotency_key",
+            f"must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable characters, got {len(key)} characters",
+        )
+    return key
+
+
+def check_wait_args(timeout_s: object, poll_s: object) -> None:
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 <= timeout_s < float("inf")
+    ):
+        raise InvalidInput.one("timeout_s", "non_negative", f"must be a number >= 0, got {timeout_s!r}")
+    if isinstance(poll_s, bool) or not isinstance(poll_s, int | float) or not 0 < poll_s < float("inf"):
+        raise InvalidInput.one("poll_s", "positive", f"must be a number > 0, got {poll_s!r}")
+
+
+def check_flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput.one(field, "type", f"must be true or false, got {value!r}")
+    return value
+
+
+def check_id(value: object, field: str = "id") -> str:
+    """A job or batch id: a UUID in its text form."""
+    try:
+        return str(uuid.UUID(str(value))) if isinstance(value, str) else _bad_id(value, field)
+    except ValueError:
+        return _bad_id(value, field)
+
+
+def _bad_id(value: object, field: str) -> str:
+    raise InvalidInput.one(field, "uuid", f"must be a job or batch id (a UUID), got {value!r}")
+
+
+class Client:
+    """Producer operations on one ledger (and the broker the settings name).
+
+    ``app`` is a Celery app to send with (default: the farm's app for ``settings``);
+    ``clock``/``sleep`` drive :meth:`wait` (tests pass fakes).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: Settings | None = None,
+        *,
+        app: Any = None,
+        owns_ledger: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ledger = ledger
+        self.settings = settings or get_settings()
+        self._app = app
+        self._owns_ledger = owns_ledger
+        self._sleep = sleep
+        self._monotonic = monotonic
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, app: Any = None) -> Client:
+        """A client on the ledger and broker ``settings`` name (default: the process settings)."""
+        from farm.ledger import Ledger
+
+        settings = settings or get_settings()
+        return cls(Ledger.from_settings(settings), settings, app=app, owns_ledger=True)
+
+    def close(self) -> None:
+        if self._owns_ledger:
+            self.ledger.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _celery(self) -> Any:
+        if self._app is None:
+            from farm.queue.app import get_app
+
+            self._app = get_app(self.settings)
+        return self._app
+
+    def _send(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, int]:
+        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``. When the broker
+        stays unreachable the rest stay queued with ``enqueued_at`` NULL: the reaper (or the
+        next submission of the same batch) sends them."""
+        if not pairs:
+            return 0, 0
+        from farm.queue.enqueue import enqueue_jobs
+
+        sent = 0
+        for start in range(0, len(pairs), SEND_CHUNK):
+            chunk = pairs[start : start + SEND_CHUNK]
+            try:
+                sent += enqueue_jobs(self.ledger, chunk, app=self._celery(), settings=self.settings)
+            except BrokerUnavailable as exc:
+                left = len(pairs) - start
+                log.warning("broker unavailable (%s): %d accepted job(s) left for the reaper to send", exc, left)
+                return sent, left
+        return sent, 0
+
+    def _new_job(self, spec: Any, **kwargs: Any) -> NewJob:
+        from farm.ledger import NewJob
+
+        return NewJob.from_spec(spec, max_attempts=self.settings.max_attempts, **kwargs)
+
+    # -- submitting ------------------------------------------------------------------------------
+    def submit(
+        self,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        seed_from_prompt: bool = False,
+        salt: str = "",
+        sweep: tuple[int, int] | None = None,
+        model: str | None = None,
+        priority: str = "interactive",
+        no_cache: bool = False,
+        idempotency_key: str | None = None,
+        **spec_fields: Any,
+    ) -> list[str]:
+        """Submit one render (a ``sweep=(base, radius)`` submits one per seed); the job ids.
+        See :meth:`submit_detailed`."""
+        return self.submit_detailed(
+            prompt, seed=seed, seed_from_prompt=seed_from_prompt, salt=salt, sweep=sweep, model=model,
+            priority=priority, no_cache=no_cache, idempotency_key=idempotency_key, **spec_fields,
+        ).job_ids
+
+    def submit_detailed(
+        self,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        seed_from_prompt: bool = False,
+        salt: str = "",
+        sweep: tuple[int, int] | None = None,
+        model: str | None = None,
+        priority: str = "interactive",
+        no_cache: bool = False,
+        idempotency_key: str | None = None,
+        **spec_fields: Any,
+    ) -> JobSubmission:
+        """Submit one render, or a seed sweep around ``sweep=(base, radius)``.
+
+        ``spec_fields`` are the other render spec fields (``width``, ``steps``, ``tags``, ...).
+        A job identical to a succeeded one (same job key, same weights) is answered from it at
+        once; one identical to a queued or running job follows it; neither is enqueued.
+        ``no_cache`` renders regardless. With ``idempotency_key``, a repeated call returns the
+        first call's job ids and creates nothing (the key is stored as a batch).
+        """
+        check_flag(no_cache, "no_cache")
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        specs = build_specs(
+            prompt, seed=seed, seed_from_prompt_flag=seed_from_prompt, salt=salt, sweep_of=sweep, model=model,
+            priority=priority, fields=spec_fields,
+        )
+        if key is None:
+            job_ids = self.ledger.add_jobs([self._new_job(s, no_cache=no_cache) for s in specs])
+            sent, not_sent = self._send(self.ledger.jobs_to_enqueue(job_ids=job_ids))
+            return JobSubmission(job_ids, True, sent, not_sent, [s.seed for s in specs], specs[0].seed_strategy)
+        new_jobs = [self._new_job(s, no_cache=no_cache, batch_index=i) for i, s in enumerate(specs)]
+        batch_id, created = self.ledger.create_batch(
+            idempotency_digest(key), f"submit {key}"[:255], SUBMIT_SOURCE, new_jobs
+        )
+        records = self.ledger.batch_jobs(batch_id)
+        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
+        return JobSubmission(
+            [j.id for j in records], created, sent, not_sent, [j.seed for j in records], records[0].seed_strategy
+        )
+
+    def submit_batch(
+        self, manifest: str | os.PathLike[str] | Manifest | ExpandedBatch, *, no_cache: bool = False
+    ) -> BatchSubmission:
+        """Submit a manifest (a path, a loaded :class:`~farm.manifest.Manifest` or an expanded
+        batch): every item is validated first (any problem raises
+        :class:`~farm.errors.ManifestError`; nothing is written or sent), all jobs are written
+        in one transaction (``batch_index`` = position in the expansion), then sent.
+
+        The batch is identified by the manifest digest: submitting the same manifest again
+        returns the same batch id, writes nothing and sends only the jobs never sent (the
+        recovery path after a producer died between commit and send). With ``no_cache`` the
+        batch is a different one (its digest is derived from the manifest's): every job renders.
+        """
+        check_flag(no_cache, "no_cache")
+        batch = self._expanded(manifest)
+        digest = batch.digest if not no_cache else _sha256(NO_CACHE_DOMAIN + batch.digest)
+        new_jobs = [self._new_job(j.spec, no_cache=no_cache, batch_index=i) for i, j in enumerate(batch.jobs)]
+        name = batch.name or Path(batch.source).stem or batch.source
+        batch_id, created = self.ledger.create_batch(digest, name, batch.source, new_jobs)
+        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
+        return BatchSubmission(batch_id, created, len(new_jobs), sent, not_sent, name, digest)
+
+    @staticmethod
+    def _expanded(manifest: Any) -> ExpandedBatch:
+        from farm.manifest import ExpandedBatch, Manifest, expand, load_manifest
+
+        if isinstance(manifest, ExpandedBatch):
+            if not manifest.ok:
+                raise manifest.error()
+            return manifest
+        if isinstance(manifest, Manifest):
+            return expand(manifest)
+        if isinstance(manifest, str | os.PathLike):
+            return expand(load_manifest(manifest))
+        raise InvalidInput.one(
+            "manifest", "type", f"must be a path, a Manifest or an ExpandedBatch, got {type(manifest).__name__}"
+        )
+
+    # -- following -------------------------------------------------------------------------------
+    def _now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _kind(self, any_id: object) -> str:
+        """``"batch"`` or ``"job"``; :class:`JobNotFound` when it is neither."""
+        checked = check_id(any_id)
+        try:
+            self.ledger.get_batch(checked)
+            return "batch"
+        except BatchNotFound:
+            self.ledger.get_job(checked)  # raises JobNotFound
+            return "job"
+
+    def status(self, any_id: str) -> StatusReport:
+        """Counts per status, progress and ETA of a job or a batch."""
+        checked = check_id(any_id)
+        try:
+            batch = self.ledger.get_batch(checked)
+        except BatchNotFound:
+            return reports.job_status(self.ledger.get_job(checked), self._now())
+        counts = self.ledger.batch_counts(batch.id)
+        running = self.ledger.list_jobs(batch_id=batch.id, status="running", limit=10_000)
+        return reports.batch_status(batch.id, counts, (j.progress for j in running), batch.created_at, self._now())
+
+    def wait(
+        self,
+        any_id: str,
+        timeout_s: float | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+        on_progress: Callable[[StatusReport], None] | None = None,
+    ) -> StatusReport:
+        """Poll :meth:`status` until every job finished or ``timeout_s`` passed (then the report
+        has ``timed_out=True``). ``on_progress`` sees every report."""
+        check_wait_args(timeout_s, poll_s)
+        deadline = None if timeout_s is None else self._monotonic() + timeout_s
+        while True:
+            report = self.status(any_id)
+            if on_progress is not None:
+                on_progress(report)
+            if report.finished:
+                return report
+            left = None if deadline is None else deadline - self._monotonic()
+            if left is not None and left <= 0:
+                timed_out = StatusReport(**{**report.__dict__, "timed_out": True})
+                if on_progress is not None:
+                    on_progress(timed_out)
+                return timed_out
+            self._sleep(poll_s if left is None else min(poll_s, left))
+
+    def _jobs_of(self, checked: str, kind: str) -> list[JobRecord]:
+        return self.ledger.batch_jobs(checked) if kind == "batch" else [self.ledger.get_job(checked)]
+
+    def results(self, batch_id: str) -> list[dict[str, Any]]:
+        """One row per job of the batch (in manifest order; a job id gives its one row): prompt,
+        seed, seed_strategy, params, output path, file and frames sha256, timings, status,
+        cache_of, ..."""
+        checked = check_id(batch_id, "batch_id")
+        return [reports.result_row(j) for j in self._jobs_of(checked, self._kind(checked))]
+
+    # -- changing --------------------------------------------------------------------------------
+    def cancel(self, any_id: str) -> CancelReport:
+        """Cancel a job, or every queued and running job of a batch (running ones first; a worker
+        sees it at its next heartbeat). Finished jobs are left alone and listed."""
+        checked = check_id(any_id)
+        kind = self._kind(checked)
+        jobs = self._jobs_of(checked, kind)
+        report = CancelReport(checked, kind)
+        order = sorted(jobs, key=lambda j: (j.status.value != "running", j.batch_index or 0))
+        for job in order:
+            if job.terminal:
+                report.unchanged[job.id] = job.status.value
+                continue
+            try:
+                self.ledger.cancel(job.id, detail={"by": "client", "target": checked})
+                report.cancelled.append(job.id)
+            except IllegalTransition:  # finished since we looked
+                report.unchanged[job.id] = self.ledger.get_job(job.id).status.value
+        return report
+
+    def star(self, job_id: str, starred: bool = True) -> bool:
+        """Star (or unstar) a job; False when it already was."""
+        check_flag(starred, "starred")
+        return self.ledger.set_starred(check_id(job_id, "job_id"), starred)
+
+    def _succeeded(self, job_id: str, why: str) -> JobRecord:
+        job = self.ledger.get_job(check_id(job_id, "job_id"))
+        if job.status.value != "succeeded":
+            raise InvalidInput.one("job_id", "succeeded", f"{why}; job {job.id} is {job.status.value}")
+        return job
+
+    def sweep(self, job_id: str, radius: int, *, priority: str | None = None, no_cache: bool = False) -> list[str]:
+        """Jobs for the neighbours of a succeeded job's seed (``seed - radius .. seed + radius``
+        without the seed itself, invalid seeds skipped), the same spec otherwise, strategy
+        ``sweep``, ``parent_job_id`` = the job. Any succeeded job may be swept (starring is a
+        bookmark, not a gate); a job that has not succeeded is refused."""
+        from farm.seeds import sweep as sweep_seeds
+        from farm.spec import parse_spec
+
+        checked = check_id(job_id, "job_id")
+        check_flag(no_cache, "no_cache")
+        sweep_seeds(0, radius)  # the radius rule, checked before any lookup
+        if radius == 0:
+            raise InvalidInput.one("radius", "min_1", "must be at least 1 (radius 0 selects no neighbours)")
+        parent = self._succeeded(checked, "only a succeeded job's seed can be swept")
+        seeds = sweep_seeds(parent.seed, radius, include_base=False)
+        data = parent.spec().model_dump()
+        data.update(seed=seeds[0], seed_strategy="sweep")
+        if priority is not None:
+            data["priority"] = priority
+        first = parse_spec(data)
+        specs = [first, *(first.model_copy(update={"seed": s}) for s in seeds[1:])]
+        job_ids = self.ledger.add_jobs([self._new_job(s, parent_job_id=parent.id, no_cache=no_cache) for s in specs])
+        self._send(self.ledger.jobs_to_enqueue(job_ids=job_ids))
+        return job_ids
+
+    # -- checking --------------------------------------------------------------------------------
+    def rerender(
+        self, job_id: str, wait: bool = False, timeout_s: float | None = None, poll_s: float = DEFAULT_POLL_S
+    ) -> RerenderReport:
+        """Render a succeeded job again from its recorded canonical spec (``no_cache``, parent
+        recorded). With ``wait``, report whether the frames hash matched and, on a mismatch, what
+        differs between the two renders' environments, weights and effective parameters."""
+        check_flag(wait, "wait")
+        check_wait_args(timeout_s, poll_s)
+        parent = self._succeeded(job_id, "only a succeeded job can be re-rendered and compared")
+        spec = parent.spec()
+        if spec.job_key != parent.job_key:  # the canonical form must round-trip exactly
+            raise InvalidInput.one("job_id", "canonical", f"job {parent.id}'s recorded spec no longer gives its key")
+        child_id = self.ledger.add_jobs([self._new_job(spec, parent_job_id=parent.id, no_cache=True)])[0]
+        self._send(self.ledger.jobs_to_enqueue(job_ids=[child_id]))
+        timed_out = False
+        if wait:
+            timed_out = self.wait(child_id, timeout_s=timeout_s, poll_s=poll_s).timed_out
+        return reports.rerender_report(parent, self.ledger.get_job(child_id), timed_out=timed_out)
+
+    def rerender_report(self, child_id: str) -> RerenderReport:
+        """The report of an earlier :meth:`rerender` (by the re-render's job id)."""
+        child = self.ledger.get_job(check_id(child_id, "job_id"))
+        if child.parent_job_id is None:
+            raise InvalidInput.one("job_id", "rerender", f"job {child.id} is not a re-render (no parent)")
+        return reports.rerender_report(self.ledger.get_job(child.parent_job_id), child)
+
+    def audit(self, batch_id: str | None = None) -> AuditReport:
+        """Re-hash every succeeded job's stored file (of one batch, or all) against its record."""
+        checked = None if batch_id is None else check_id(batch_id, "batch_id")
+        if checked is not None:
+            self.ledger.get_batch(checked)  # BatchNotFound for an unknown id
+        return audit_jobs(self.ledger.succeeded_jobs(batch_id=checked))
+
+
+__all__ = ["Client", "check_flag", "check_id", "check_idempotency_key", "check_wait_args", "idempotency_digest"]

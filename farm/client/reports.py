@@ -1,0 +1,309 @@
+"""What the client's operations return: plain dataclasses with ``to_dict()`` (JSON-ready), and
+the pure functions that build them from ledger records (no I/O here).
+
+Torch-free, SQLAlchemy-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from farm.ledger.records import JobRecord
+
+#: Status names in display order (the values stored in the ledger).
+STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+#: URI scheme of outputs in the local content-addressed store.
+FILE_SCHEME = "file://"
+
+
+def _status(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def output_path(uri: str | None) -> str | None:
+    """The local path of a ``file://`` output URI (``None`` for no URI or another scheme)."""
+    if uri is None or not uri.startswith(FILE_SCHEME):
+        return None
+    return uri.removeprefix(FILE_SCHEME)
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    """What :meth:`Client.submit_detailed` did."""
+
+    job_ids: list[str]
+    #: False when the idempotency key had been used before (the first request's jobs returned).
+    created: bool
+    #: Messages sent now (jobs answered from the cache and followers of an identical job get none).
+    enqueued: int
+    #: Jobs accepted (in the ledger) whose message could not be sent now: the reaper sends them.
+    not_sent: int = 0
+    #: The jobs' seeds (in job order) and how they were chosen.
+    seeds: list[int] = field(default_factory=list)
+    seed_strategy: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """What :meth:`Client.submit_batch` did."""
+
+    batch_id: str
+    #: False when the same manifest had been submitted before (nothing new written).
+    created: bool
+    job_count: int
+    #: Messages sent by this call: every job the first time, only the never-sent ones after.
+    enqueued: int
+    not_sent: int = 0
+    name: str = ""
+    digest: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Where a job or a batch stands."""
+
+    id: str
+    kind: str  # "job" or "batch"
+    total: int
+    counts: dict[str, int]
+    #: Fraction of the work done: finished jobs plus the progress of running ones, over total.
+    progress: float
+    #: Seconds to go at the pace so far (``None`` when there is no pace yet; 0 when finished).
+    eta_s: float | None
+    #: True when :meth:`Client.wait` gave up before every job finished.
+    timed_out: bool = False
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in TERMINAL_STATUSES)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    @property
+    def all_succeeded(self) -> bool:
+        return self.counts.get("succeeded", 0) == self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(done=self.done, finished=self.finished, all_succeeded=self.all_succeeded)
+        return out
+
+
+def eta_seconds(total: int, work_done: float, elapsed_s: float) -> float | None:
+    """Seconds left at the average pace so far (``None`` before any work was done)."""
+    if work_done >= total:
+        return 0.0
+    if work_done <= 0 or elapsed_s <= 0:
+        return None
+    return elapsed_s * (total - work_done) / work_done
+
+
+def batch_status(
+    batch_id: str, counts: Mapping[Any, int], running_progress: Iterable[float], started_at: datetime,
+    now: datetime,
+) -> StatusReport:
+    """A batch's report from its counts per status and the progress of its running jobs."""
+    by_name = {s: 0 for s in STATUSES}
+    by_name.update({_status(k): int(v) for k, v in counts.items()})
+    total = sum(by_name.values())
+    work = sum(by_name[s] for s in TERMINAL_STATUSES) + sum(running_progress)
+    elapsed = (now - started_at).total_seconds()
+    progress = 1.0 if total == 0 else min(1.0, work / total)
+    return StatusReport(batch_id, "batch", total, by_name, progress, eta_seconds(total, work, elapsed))
+
+
+def job_status(job: JobRecord, now: datetime) -> StatusReport:
+    """One job's report (its ETA from its own progress since it started)."""
+    status = _status(job.status)
+    counts = {s: 0 for s in STATUSES}
+    counts[status] = 1
+    if status in TERMINAL_STATUSES:
+        return StatusReport(job.id, "job", 1, counts, 1.0, 0.0)
+    eta = None
+    if status == "running" and job.started_at is not None:
+        eta = eta_seconds(1, job.progress, (now - job.started_at).total_seconds())
+    return StatusReport(job.id, "job", 1, counts, job.progress, eta)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+#: Columns of ``farm results --format csv`` (nested values are JSON text).
+RESULT_FIELDS: tuple[str, ...] = (
+    "job_id", "batch_id", "batch_index", "status", "prompt", "negative_prompt", "seed", "seed_strategy",
+    "model", "priority", "params", "effective_params", "output", "output_uri", "file_sha256",
+    "frames_sha256", "weights_fingerprint", "timings", "cache_of", "parent_job_id", "starred", "tags",
+    "created_at", "started_at", "finished_at", "error_type", "error_message",
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def result_row(job: JobRecord) -> dict[str, Any]:
+    """One job as a results row (every key of :data:`RESULT_FIELDS`)."""
+    return {
+        "job_id": job.id,
+        "batch_id": job.batch_id,
+        "batch_index": getattr(job, "batch_index", None),
+        "status": _status(job.status),
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "seed_strategy": job.seed_strategy,
+        "model": job.model_name,
+        "priority": job.priority,
+        "params": dict(job.params),
+        "effective_params": None if job.effective_params is None else dict(job.effective_params),
+        "output": output_path(job.output_uri),
+        "output_uri": job.output_uri,
+        "file_sha256": job.file_sha256,
+        "frames_sha256": job.frames_sha256,
+        "weights_fingerprint": job.weights_fingerprint,
+        "timings": None if job.timings is None else dict(job.timings),
+        "cache_of": job.cache_of_job_id,
+        "parent_job_id": job.parent_job_id,
+        "starred": job.starred,
+        "tags": dict(job.tags),
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "error_type": job.error_type,
+        "error_message": job.error_message,
+    }
+
+
+# -- cancel ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What :meth:`Client.cancel` did: the jobs it cancelled, and the others with their status."""
+
+    id: str
+    kind: str
+    cancelled: list[str] = field(default_factory=list)
+    #: Jobs left alone because they had already finished: id -> status.
+    unchanged: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- re-render ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One recorded value that differs between a job and its re-render."""
+
+    field: str
+    parent: Any
+    child: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.parent!r} -> {self.child!r}"
+
+
+@dataclass(frozen=True)
+class RerenderReport:
+    """A re-render of a succeeded job and, once it finished, whether its frames matched."""
+
+    parent_job_id: str
+    job_id: str
+    status: str
+    parent_frames_sha256: str | None
+    frames_sha256: str | None
+    #: True/False once the re-render succeeded; None before (or when it failed).
+    match: bool | None
+    #: Environment, weights and effective-parameter differences between the two renders.
+    differences: list[Difference] = field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["finished"] = self.finished
+        return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key in sorted(value, key=str):
+            _flatten(value[key], f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = value
+
+
+def flat(value: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
+    """Nested mappings as ``{"a.b.c": leaf}``."""
+    out: dict[str, Any] = {}
+    _flatten(dict(value or {}), prefix, out)
+    return out
+
+
+def differences(parent: JobRecord, child: JobRecord) -> list[Difference]:
+    """Every environment fingerprint, weights fingerprint and effective parameter that differs."""
+    a = {**flat(parent.env_fingerprint, "env"), **flat(parent.effective_params, "effective_params")}
+    b = {**flat(child.env_fingerprint, "env"), **flat(child.effective_params, "effective_params")}
+    a["weights_fingerprint"] = parent.weights_fingerprint
+    b["weights_fingerprint"] = child.weights_fingerprint
+    return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def rerender_report(parent: JobRecord, child: JobRecord, *, timed_out: bool = False) -> RerenderReport:
+    status = _status(child.status)
+    match = None
+    if status == "succeeded" and parent.frames_sha256 is not None:
+        match = child.frames_sha256 == parent.frames_sha256
+    diffs = differences(parent, child) if status == "succeeded" else []
+    return RerenderReport(
+        parent.id, child.id, status, parent.frames_sha256, child.frames_sha256, match, diffs, timed_out
+    )
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    job_id: str
+    path: str | None
+    expected: str | None
+    actual: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Every succeeded job's stored file re-hashed against its recorded ``file_sha256``."""
+
+    checked: int
+    ok: list[str]
+    missing: list[AuditEntry]
+    corrupt: list[AuditEntry]
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.corrupt
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["clean"] = self.clean
+        return out

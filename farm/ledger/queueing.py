@@ -1,0 +1,420 @@
+"""The farm's set-wise ledger queries: dedup of new jobs, the enqueue backlog, claiming compatible
+jobs, followers, and the ``workers`` / ``models`` upserts.
+
+Plain functions over a :class:`~sqlalchemy.engine.Connection` inside the caller's transaction.
+Only :class:`farm.ledger.manager.Ledger` calls them (it stays the one public door); none of them
+changes a job's status — that is the gateway's ``_transition``.
+
+Dedup (see ``docs/farm-design.md``): for each new job with ``no_cache`` false, in call order,
+
+1. *cache hit* — the model has a registered weights fingerprint F and a succeeded job with the same
+   ``job_key`` rendered with F exists: the new job is answered from it;
+2. *follower* — else a queued or running non-follower job with the same ``job_key`` (in the
+   ledger, or earlier in the same call) is its *leader*;
+3. else a normal job (and the leader of later jobs with its key in the same call).
+
+Lookups are one query per chunk of distinct keys, never one per job. Producers are serialised by
+:func:`lock_dedup` (Postgres: a transaction-level advisory lock; SQLite: the write transaction's
+``BEGIN IMMEDIATE``); the gateway's paths that resolve or release followers take the same lock
+shared, so a follower is never added to a leader that has just finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Select, bindparam, case, insert, literal, select, text, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
+
+from farm.ledger.models import events, jobs, models, workers
+from farm.ledger.records import NewJob
+from farm.ledger.status import INITIAL, WORKER_STATES, JobStatus
+from farm.ledger.types import UTCDateTime
+
+#: Postgres advisory lock key (transaction level) that serialises dedup: "farmdedu" in ASCII.
+PG_DEDUP_LOCK_KEY = 0x6661726D_64656475
+#: Most values bound in one IN (...) list (far below SQLite's and Postgres' parameter limits).
+IN_CHUNK = 5_000
+#: The job columns a cache hit copies from the job that answers it.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "output_uri",
+    "file_sha256",
+    "frames_sha256",
+    "effective_params",
+    "weights_fingerprint",
+    "env_fingerprint",
+)
+#: Event kind of a job answered from another job's output.
+CACHE_HIT_EVENT = "cache-hit"
+#: Event kind of a follower whose leader failed or was cancelled (it becomes a normal job).
+UNFOLLOWED_EVENT = "leader-lost"
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def lock_dedup(conn: Connection, *, shared: bool = False) -> None:
+    """Take the dedup lock for the rest of the transaction (Postgres; SQLite's write transaction
+    is already exclusive). Producers take it exclusive; follower resolution takes it shared."""
+    if conn.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(text(f"SELECT {function}(:key)"), {"key": PG_DEDUP_LOCK_KEY})
+
+
+def queue_order() -> list[ColumnElement[Any]]:
+    """Interactive before batch, then oldest, then manifest order (ties by id)."""
+    return [
+        case((jobs.c.priority == "interactive", 0), else_=1),
+        jobs.c.created_at,
+        jobs.c.batch_index.asc().nulls_last(),
+        jobs.c.id,
+    ]
+
+
+def in_batch_order(batch_id: str | None, *, status: JobStatus | None = None) -> Select[Any]:
+    """Jobs (of one batch, of one status) by ``batch_index``, then creation, then id."""
+    query = select(jobs)
+    if batch_id is not None:
+        query = query.where(jobs.c.batch_id == batch_id)
+    if status is not None:
+        query = query.where(jobs.c.status == status.value)
+    return query.order_by(jobs.c.batch_index.asc().nulls_last(), jobs.c.created_at, jobs.c.id)
+
+
+# -- dedup ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What dedup made of one new job: ``kind`` and the job it defers to (``cache_of``)."""
+
+    kind: Literal["new", "follower", "cache-hit"]
+    cache_of: str | None = None
+    #: The answering job's output columns (cache hits only).
+    original: Mapping[str, Any] | None = None
+
+
+NEW = Decision("new")
+
+
+def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob]) -> list[Decision]:
+    """One :class:`Decision` per new job (same order). Call under :func:`lock_dedup`."""
+    keys = sorted({j.job_key for j in new_jobs if not j.no_cache})
+    if not keys:
+        return [NEW] * len(new_jobs)
+    model_names = sorted({j.model_name for j in new_jobs if not j.no_cache})
+    query_models = select(models.c.name, models.c.weights_fingerprint).where(models.c.name.in_(model_names))
+    fingerprints: dict[str, str] = {name: fp for name, fp in conn.execute(query_models)}
+    originals: dict[tuple[str, str], dict[str, Any]] = {}
+    if fingerprints:
+        wanted = set(fingerprints.values())
+        # Rendered jobs before cache hits (the root output), then the most recent.
+        order = [case((jobs.c.cache_of_job_id.is_(None), 0), else_=1), jobs.c.finished_at.desc(), jobs.c.id]
+        columns = [jobs.c.id, jobs.c.job_key, *(jobs.c[name] for name in OUTPUT_COLUMNS)]
+        for part in chunks(keys):
+            query = (
+                select(*columns)
+                .where(
+                    jobs.c.job_key.in_(part),
+                    jobs.c.status == JobStatus.SUCCEEDED.value,
+                    jobs.c.weights_fingerprint.in_(wanted),
+                )
+                .order_by(*order)
+            )
+            for row in conn.execute(query).mappings():
+                originals.setdefault((row["job_key"], row["weights_fingerprint"]), dict(row))
+    leaders: dict[str, str] = {}
+    for part in chunks(keys):
+        query = (
+            select(jobs.c.id, jobs.c.job_key)
+            .where(
+                jobs.c.job_key.in_(part),
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                jobs.c.cache_of_job_id.is_(None),
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+        )
+        for job_id, job_key in conn.execute(query):
+            leaders.setdefault(job_key, job_id)
+
+    plan: list[Decision] = []
+    for job in new_jobs:
+        if job.no_cache:
+            plan.append(NEW)
+            leaders.setdefault(job.job_key, job.id)
+            continue
+        fingerprint = fingerprints.get(job.model_name)
+        original = originals.get((job.job_key, fingerprint)) if fingerprint is not None else None
+        if original is not None:
+            plan.append(Decision("cache-hit", cache_of=original["id"], original=original))
+        elif job.job_key in leaders:
+            plan.append(Decision("follower", cache_of=leaders[job.job_key]))
+        else:
+            plan.append(NEW)
+            leaders[job.job_key] = job.id
+    return plan
+
+
+def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime) -> None:
+    """Insert the jobs (all queued; followers with their leader) and their "created" events."""
+    rows = []
+    trail = []
+    for j, decision in zip(new_jobs, plan, strict=True):
+        follows = decision.cache_of if decision.kind == "follower" else None
+        rows.append(
+            {
+                "id": j.id,
+                "job_key": j.job_key,
+                "batch_id": j.batch_id,
+                "status": INITIAL.value,
+                "prompt": j.prompt,
+                "negative_prompt": j.negative_prompt,
+                "seed": j.seed,
+                "seed_strategy": j.seed_strategy,
+                "params": dict(j.params),
+                "requested_params": dict(j.requested_params),
+                "model_name": j.model_name,
+                "priority": j.priority,
+                "attempts": 0,
+                "max_attempts": j.max_attempts,
+                "created_at": now,
+                "tags": dict(j.tags),
+                "starred": False,
+                "progress": 0.0,
+                "parent_job_id": j.parent_job_id,
+                "cache_of_job_id": follows,
+                "batch_index": j.batch_index,
+                "compat_key": j.compat_key,
+                "enqueued_at": None,
+                "no_cache": j.no_cache,
+            }
+        )
+        detail: dict[str, Any] = {"batch_id": j.batch_id, "parent_job_id": j.parent_job_id}
+        if follows is not None:
+            detail["follows"] = follows
+        trail.append(
+            {
+                "job_id": j.id,
+                "at": now,
+                "from_status": None,
+                "to_status": INITIAL.value,
+                "kind": "created",
+                "worker": None,
+                "detail": detail,
+            }
+        )
+    conn.execute(insert(jobs), rows)
+    conn.execute(insert(events), trail)
+
+
+def answered_fields(original: Mapping[str, Any], *, now: datetime, queued: bool) -> dict[str, Any]:
+    """The columns a cache hit sets: the original's outputs, ``timings={"cache_hit": true}``."""
+    values: dict[str, Any] = {name: original[name] for name in OUTPUT_COLUMNS}
+    values.update(
+        cache_of_job_id=original["id"],
+        timings={"cache_hit": True},
+        finished_at=now,
+        lease_expires_at=None,
+        progress=1.0,
+        error_type=None,
+        error_message=None,
+    )
+    if queued:
+        values["started_at"] = now
+    return values
+
+
+def lock_statuses(conn: Connection, job_ids: Sequence[str]) -> dict[str, str]:
+    """``{id: status}`` of these jobs, their rows locked for the transaction (Postgres)."""
+    found: dict[str, str] = {}
+    for part in chunks(list(job_ids)):
+        query = select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(part)).with_for_update()
+        found.update((job_id, status) for job_id, status in conn.execute(query))
+    return found
+
+
+def update_each(conn: Connection, source: JobStatus, to: JobStatus,
+                changes: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+    """One conditional ``UPDATE jobs SET status = to, ... WHERE id = :id AND status = source`` per
+    job (executemany; every job sets the same columns). Returns how many rows matched."""
+    names = sorted(changes[0][1])
+    values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in names}
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == bindparam("v_job_id"), jobs.c.status == source.value)
+        .values(status=to.value, **values)
+    )
+    params = [{"v_job_id": job_id, **{f"v_{name}": fields[name] for name in names}} for job_id, fields in changes]
+    return int(conn.execute(statement, params).rowcount)
+
+
+def original_row(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    """The id, status and output columns of the job that answers others."""
+    columns = [jobs.c.id, jobs.c.status, *(jobs.c[name] for name in OUTPUT_COLUMNS)]
+    row = conn.execute(select(*columns).where(jobs.c.id == job_id)).mappings().first()
+    return None if row is None else dict(row)
+
+
+def jobs_by_id(conn: Connection, job_ids: Sequence[str]) -> list[RowMapping]:
+    found: list[RowMapping] = []
+    for part in chunks(list(job_ids)):
+        found.extend(conn.execute(select(jobs).where(jobs.c.id.in_(part))).mappings())
+    return found
+
+
+def worker_values(name: str, now: datetime, **fields: Any) -> dict[str, Any]:
+    """A ``workers`` row; ``started_at`` and ``last_seen_at`` are ``now``."""
+    state = fields["state"]
+    if state not in WORKER_STATES:
+        raise ValueError(f"unknown worker state {state!r}; valid: {', '.join(WORKER_STATES)}")
+    detail = fields.get("detail")
+    return {**fields, "name": name, "detail": dict(detail) if detail is not None else None,
+            "started_at": now, "last_seen_at": now}
+
+
+# -- followers -----------------------------------------------------------------------------------
+
+
+def follower_ids(conn: Connection, leader_id: str) -> list[str]:
+    """The queued followers of ``leader_id``, oldest first."""
+    query = (
+        select(jobs.c.id)
+        .where(jobs.c.cache_of_job_id == leader_id, jobs.c.status == JobStatus.QUEUED.value)
+        .order_by(jobs.c.created_at, jobs.c.id)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def release_followers(conn: Connection, leader_id: str, *, leader_status: JobStatus, now: datetime) -> list[str]:
+    """Make the queued followers of a failed or cancelled leader normal jobs again
+    (``cache_of_job_id`` and ``enqueued_at`` NULL: the reaper enqueues them); one event each."""
+    released = follower_ids(conn, leader_id)
+    if not released:
+        return []
+    for part in chunks(released):
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id.in_(part),
+                jobs.c.cache_of_job_id == leader_id,
+                jobs.c.status == JobStatus.QUEUED.value,
+            )
+            .values(cache_of_job_id=None, enqueued_at=None)
+        )
+    conn.execute(
+        insert(events),
+        [
+            {
+                "job_id": job_id,
+                "at": now,
+                "from_status": JobStatus.QUEUED.value,
+                "to_status": JobStatus.QUEUED.value,
+                "kind": UNFOLLOWED_EVENT,
+                "worker": None,
+                "detail": {"leader": leader_id, "leader_status": leader_status.value},
+            }
+            for job_id in released
+        ],
+    )
+    return released
+
+
+# -- enqueue and claim ---------------------------------------------------------------------------
+
+
+def to_enqueue(
+    conn: Connection,
+    *,
+    batch_id: str | None,
+    job_ids: Sequence[str] | None,
+    stale_before: datetime | None,
+    limit: int | None,
+) -> list[tuple[str, str]]:
+    """``(id, priority)`` of queued non-follower jobs never sent (or sent before ``stale_before``)."""
+    conditions: list[ColumnElement[bool]] = [
+        jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.cache_of_job_id.is_(None),
+    ]
+    if stale_before is None:
+        conditions.append(jobs.c.enqueued_at.is_(None))
+    else:
+        conditions.append(jobs.c.enqueued_at.is_(None) | (jobs.c.enqueued_at < stale_before))
+    if batch_id is not None:
+        conditions.append(jobs.c.batch_id == batch_id)
+    base = select(jobs.c.id, jobs.c.priority, jobs.c.created_at, jobs.c.batch_index).where(*conditions)
+    if job_ids is None:
+        query = base.order_by(*queue_order())
+        if limit is not None:
+            query = query.limit(limit)
+        return [(r.id, r.priority) for r in conn.execute(query)]
+    found: list[Any] = []
+    for part in chunks(list(dict.fromkeys(job_ids))):
+        found.extend(conn.execute(base.where(jobs.c.id.in_(part))).all())
+    # The same order as the SQL one (interactive, created_at, batch_index nulls last, id).
+    found.sort(key=lambda r: (r.priority != "interactive", r.created_at, r.batch_index is None,
+                              r.batch_index or 0, r.id))
+    if limit is not None:
+        found = found[:limit]
+    return [(r.id, r.priority) for r in found]
+
+
+def mark_enqueued(conn: Connection, job_ids: Sequence[str], now: datetime) -> None:
+    for part in chunks(list(job_ids)):
+        conn.execute(update(jobs).where(jobs.c.id.in_(part)).values(enqueued_at=now))
+
+
+def claimable_ids(conn: Connection, compat_key: str, *, limit: int, priority: str | None) -> list[str]:
+    """Up to ``limit`` queued non-follower jobs with this compat key, in queue order, locked for
+    this transaction (Postgres: rows other claimers hold are skipped)."""
+    query = select(jobs.c.id).where(
+        jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.compat_key == compat_key,
+        jobs.c.cache_of_job_id.is_(None),
+    )
+    if priority is not None:
+        query = query.where(jobs.c.priority == priority)
+    query = query.order_by(*queue_order()).limit(limit).with_for_update(skip_locked=True)
+    return list(conn.execute(query).scalars())
+
+
+# -- workers and models --------------------------------------------------------------------------
+
+
+def _upsert(conn: Connection, table: Any, values: Mapping[str, Any], key: str,
+            update_values: Mapping[str, Any]) -> None:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(table).values(**values)
+    statement = statement.on_conflict_do_update(index_elements=[table.c[key]], set_=dict(update_values))
+    conn.execute(statement)
+
+
+def upsert_worker(conn: Connection, values: Mapping[str, Any]) -> None:
+    """Insert the worker or update every given field and ``last_seen_at``. ``started_at`` is kept
+    unless the worker reports ``starting`` or a new pid (a restart)."""
+    table = workers
+    changed: dict[str, Any] = {name: value for name, value in values.items() if name != "name"}
+    if values["state"] != "starting":
+        started = literal(values["started_at"], UTCDateTime())
+        changed["started_at"] = case((table.c.pid != values["pid"], started), else_=table.c.started_at)
+    _upsert(conn, table, values, "name", changed)
+
+
+def upsert_model(conn: Connection, values: Mapping[str, Any]) -> None:
+    changed = {name: value for name, value in values.items() if name != "name"}
+    _upsert(conn, models, values, "name", changed)
+
+
+def distinct(ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(ids))

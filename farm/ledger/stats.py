@@ -1,0 +1,79 @@
+"""Aggregate read-only queries for monitoring (what a Prometheus scrape needs from the ledger).
+
+Plain functions on a Connection; :class:`farm.ledger.Ledger` exposes them (``stats_snapshot``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from farm.ledger.models import jobs, workers
+from farm.ledger.status import PRIORITIES, JobStatus
+
+#: Workers silent for longer than this are left out of the per-worker series.
+WORKER_FORGET_S = 86_400
+#: Render-time window, and how far back in creation time a finished job is looked for (this keeps
+#: the query on the (status, priority, created_at) index).
+RECENT_WINDOW_S = 3_600
+RECENT_LOOKBACK_S = 7 * 86_400
+RECENT_LIMIT = 2_000
+
+
+@dataclass
+class WorkerRow:
+    name: str
+    device: str
+    state: str
+    last_seen_at: datetime
+    consecutive_failures: int
+
+
+@dataclass
+class LedgerSnapshot:
+    """What one scrape read from the ledger."""
+
+    now: datetime
+    job_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    oldest_queued: dict[str, datetime] = field(default_factory=dict)
+    workers: list[WorkerRow] = field(default_factory=list)
+    render_seconds: dict[str, list[float]] = field(default_factory=dict)
+
+
+def snapshot(conn: Connection, now: datetime) -> LedgerSnapshot:
+    """Job counts by status and priority, the oldest queued job per priority, recently seen
+    workers, and recent render times per model (cache hits excluded)."""
+    snap = LedgerSnapshot(now=now)
+    c = jobs.c
+    counts = select(c.status, c.priority, func.count()).group_by(c.status, c.priority)
+    snap.job_counts = {(str(s), str(p)): int(n) for s, p, n in conn.execute(counts)}
+    oldest = (
+        select(c.priority, func.min(c.created_at))
+        .where(c.status == JobStatus.QUEUED.value)
+        .group_by(c.priority)
+    )
+    snap.oldest_queued = {str(p): t for p, t in conn.execute(oldest) if t is not None}
+    w = workers.c
+    seen = select(w.name, w.device, w.state, w.last_seen_at, w.consecutive_failures).where(
+        w.last_seen_at >= now - timedelta(seconds=WORKER_FORGET_S)
+    )
+    snap.workers = [WorkerRow(*row) for row in conn.execute(seen)]
+    recent = (
+        select(c.model_name, c.timings)
+        .where(
+            c.status == JobStatus.SUCCEEDED.value,
+            c.priority.in_(PRIORITIES),
+            c.created_at >= now - timedelta(seconds=RECENT_LOOKBACK_S),
+            c.finished_at >= now - timedelta(seconds=RECENT_WINDOW_S),
+            c.cache_of_job_id.is_(None),
+        )
+        .limit(RECENT_LIMIT)
+    )
+    for model, timings in conn.execute(recent):
+        seconds = (timings or {}).get("render_s")
+        if isinstance(seconds, int | float) and seconds >= 0:
+            snap.render_seconds.setdefault(str(model), []).append(float(seconds))
+    return snap

@@ -1,0 +1,205 @@
+"""Sending wake-up messages for jobs already committed in the ledger, and the reaper's pass.
+
+* :func:`enqueue_jobs` — one ``farm.render`` message per ``(job_id, priority)`` to the priority's
+  queue, then ``ledger.mark_enqueued``. Broker errors are transient: retried with exponential
+  backoff, jitter and a cap; if the broker stays away :class:`~farm.errors.BrokerUnavailable` is
+  raised, the jobs not sent keep ``enqueued_at`` NULL and the reaper sends them later. Nothing the
+  ledger accepted is lost.
+* :func:`reap` — one reaper pass: expired leases back to queued (or failed at the attempt cap),
+  then every queued job whose message was never sent, was lost, or is stale is sent again.
+  Duplicates are harmless: a message for a job that is not claimable is dropped by the worker.
+* :func:`retrying` — the one retry policy (tenacity) for transient errors, shared by the worker.
+
+Torch-free; never imports the task module (messages are sent by task name).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import KombuError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+from tenacity.stop import stop_base
+
+from farm.errors import BrokerUnavailable, TransientError
+from farm.ledger.types import utcnow
+from farm.queue.app import get_app
+from farm.queue.names import TASK_RENDER, queue_for
+from farm.settings import Settings, get_settings, redacted_url
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from farm.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+def _log_retry(what: str) -> Any:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s: attempt %d failed (%s: %s); retrying in %.1f s",
+                    what, state.attempt_number, type(exc).__name__, exc, delay)
+
+    return before_sleep
+
+
+def retrying(
+    settings: Settings, *, what: str, attempts: int | None = None, min_total_s: float | None = None
+) -> Retrying:
+    """Retry :class:`~farm.errors.TransientError` with exponential backoff (``retry_base_s``
+    doubling), jitter (up to ``retry_base_s``) and a cap (``retry_cap_s``), ``retry_count`` times
+    (or ``attempts``). With ``min_total_s``, keep retrying at least that long (recording a finished
+    render survives a ledger outage of that length). Other errors are raised at once."""
+    count = settings.retry_count if attempts is None else attempts
+    stop: stop_base = stop_after_attempt(count + 1)
+    if min_total_s is not None:
+        stop = stop_after_attempt(count + 1) & stop_after_delay(min_total_s)
+    return Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop,
+        wait=wait_exponential(multiplier=settings.retry_base_s, max=settings.retry_cap_s)
+        + wait_random(0, settings.retry_base_s),
+        before_sleep=_log_retry(what),
+        reraise=True,
+    )
+
+
+def _broker_errors(app: Celery) -> tuple[type[BaseException], ...]:
+    with app.connection_for_write() as conn:
+        found = (KombuError, OSError, *conn.connection_errors, *conn.channel_errors)
+    return tuple(dict.fromkeys(found))
+
+
+def enqueue_jobs(
+    ledger: Ledger,
+    jobs: Sequence[tuple[str, str]],
+    *,
+    app: Celery | None = None,
+    settings: Settings | None = None,
+    attempts: int | None = None,
+) -> int:
+    """Send one ``farm.render`` message per ``(job_id, priority)`` (jobs already committed in the
+    ledger), then mark them enqueued. Returns how many were sent. Raises
+    :class:`~farm.errors.BrokerUnavailable` when the broker stays unreachable through the retries
+    (``attempts``, default ``FARM_RETRY_COUNT``); the jobs sent before that are marked."""
+    sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts)
+    if error is not None:
+        raise error
+    return len(sent)
+
+
+def send_jobs(
+    ledger: Ledger,
+    jobs: Sequence[tuple[str, str]],
+    *,
+    app: Celery | None = None,
+    settings: Settings | None = None,
+    attempts: int | None = None,
+) -> tuple[list[str], BrokerUnavailable | None]:
+    """:func:`enqueue_jobs` that reports instead of raising: the ids sent (and marked enqueued),
+    and the broker error that stopped it, if any."""
+    if not jobs:
+        return [], None
+    settings = settings or get_settings()
+    app = app or get_app(settings)
+    errors = _broker_errors(app)
+    broker = redacted_url(str(app.conf.broker_url))
+    sent: list[str] = []
+    remaining = list(jobs)
+
+    def send_remaining() -> None:
+        try:
+            with app.producer_or_acquire() as producer:
+                while remaining:
+                    job_id, priority = remaining[0]
+                    app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority), producer=producer,
+                                  ignore_result=True)
+                    sent.append(job_id)
+                    remaining.pop(0)
+        except errors as exc:
+            raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
+
+    error: BrokerUnavailable | None = None
+    try:
+        for attempt in retrying(settings, what=f"sending {len(remaining)} job message(s)", attempts=attempts):
+            with attempt:
+                send_remaining()
+    except BrokerUnavailable as exc:
+        error = exc
+        log.warning("%d job message(s) not sent (the reaper sends them later): %s", len(remaining), exc)
+    finally:
+        if sent:
+            ledger.mark_enqueued(sent)
+    return sent, error
+
+
+#: Most queued jobs one reaper pass looks at (the rest wait for the next pass).
+REAP_LIMIT = 5000
+
+
+@dataclass
+class ReapReport:
+    """What one reaper pass did."""
+
+    #: Running jobs whose lease had expired: back to queued, or failed at their attempt cap.
+    expired: list[str] = field(default_factory=list)
+    #: Queued jobs whose message was sent (again) by this pass.
+    enqueued: list[str] = field(default_factory=list)
+    #: Queued jobs without a (recent) message, seen for the first time: sent by the next pass if
+    #: still unsent then (their producer may be sending them right now).
+    deferred: list[str] = field(default_factory=list)
+    #: Set when sending failed (the jobs stay queued, unsent; the next pass tries again).
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reap(
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    app: Celery | None = None,
+    now: datetime | None = None,
+    limit: int | None = REAP_LIMIT,
+    previous: Collection[str] | None = None,
+) -> ReapReport:
+    """One reaper pass: ``requeue_expired()`` (expired leases: queued again with ``enqueued_at``
+    NULL, or failed ``LeaseExpired`` at the cap), then send the queued jobs whose ``enqueued_at`` is
+    NULL or older than ``FARM_REENQUEUE_AFTER_S``.
+
+    ``previous`` (a worker's periodic reaper passes its last report's ``deferred``): only jobs
+    already unsent at the previous pass, or requeued by this one, are sent; the others are deferred
+    one pass, so the reaper does not race a producer that is sending them. ``None`` (``farm reap``):
+    send them all now. Ledger errors propagate (transient); broker errors are reported in
+    :attr:`ReapReport.error`."""
+    now = now or utcnow()
+    report = ReapReport(expired=ledger.requeue_expired(now))
+    stale_before = now - timedelta(seconds=settings.reenqueue_after_s)
+    pending = ledger.jobs_to_enqueue(stale_before=stale_before, limit=limit)
+    if previous is not None:
+        due = set(previous) | set(report.expired)
+        report.deferred = [job_id for job_id, _ in pending if job_id not in due]
+        pending = [(job_id, priority) for job_id, priority in pending if job_id in due]
+    if pending:
+        report.enqueued, error = send_jobs(ledger, pending, app=app, settings=settings, attempts=1)
+        report.error = None if error is None else str(error)
+        sent = set(report.enqueued)
+        report.deferred += [job_id for job_id, _ in pending if job_id not in sent]
+    if report.expired or report.enqueued:
+        log.info("reaper: %d expired lease(s), %d job message(s) sent", len(report.expired), len(report.enqueued))
+    return report

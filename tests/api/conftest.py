@@ -1,0 +1,59 @@
+"""HTTP API fixtures: the REAL Postgres (``pg_url``: a fresh migrated database per test) and a
+PRIVATE ``redis-server`` per test on a free loopback port (never the shared one; nothing is ever
+flushed: each test's server starts empty and is stopped at the end).
+
+* ``redis_server`` — the private Redis (``lengths()``, ``job_ids(queue)``, ``client``);
+* ``api_settings`` — farm settings on both, outputs under the test's tmp dir, a test token;
+* ``http`` — a FastAPI ``TestClient`` on ``create_app(api_settings)`` (start-up and shutdown run),
+  sending the bearer token; ``anon`` — the same app without a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_helpers import AUTH, TOKEN, PrivateRedis
+from fastapi.testclient import TestClient
+
+from farm.api.app import create_app
+from farm.settings import Settings
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = PrivateRedis(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def api_settings(pg_url: str, redis_server: PrivateRedis, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        output_dir=tmp_path / "outputs",
+        database_url=pg_url,
+        broker_url=redis_server.url,
+        api_token=TOKEN,
+        retry_count=1,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
+        torch_threads=1,
+    )
+
+
+@pytest.fixture
+def http(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings), headers=AUTH) as client:
+        yield client
+
+
+@pytest.fixture
+def anon(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings)) as client:
+        yield client

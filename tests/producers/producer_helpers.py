@@ -1,0 +1,172 @@
+"""Helpers of the producer tests (imported as ``producer_helpers``): a private redis-server, a view
+of the farm's queues in it (decoding the Celery messages), a stand-in worker, manifest writing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from farm.ledger import Ledger
+from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
+from farm.settings import Settings
+
+FARM = str(Path(sys.executable).with_name("farm"))
+QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
+REDIS_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A ``redis-server`` started for one test module (no persistence), stopped at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: the producer tests need a private Redis", pytrace=False)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, db=0)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail(f"private redis-server on port {self.port} did not start", pytrace=False)
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def decode_job_id(raw: Any) -> str:
+    """The job id a Celery (kombu Redis transport) message for ``farm.render`` carries."""
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "farm.render"
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs, _embed = json.loads(body)
+    assert kwargs == {} and len(args) == 1, (args, kwargs)
+    return str(args[0])
+
+
+class Broker:
+    """The test's view of the private Redis."""
+
+    def __init__(self, server: PrivateRedis) -> None:
+        self.url = server.url
+        self.redis = server.client
+
+    def clear(self) -> None:
+        self.redis.delete(*QUEUES)
+
+    def lengths(self) -> dict[str, int]:
+        return {q: int(self.redis.llen(q)) for q in QUEUES}
+
+    def total(self) -> int:
+        return sum(self.lengths().values())
+
+    def job_ids(self, queue: str) -> list[str]:
+        """Waiting messages' job ids, oldest first (kombu LPUSHes and consumers BRPOP)."""
+        return [decode_job_id(raw) for raw in reversed(self.redis.lrange(queue, 0, -1))]
+
+    def all_job_ids(self) -> list[str]:
+        return [j for q in QUEUES for j in self.job_ids(q)]
+
+    def take(self) -> list[str]:
+        """Pop every waiting message (interactive first), as workers would."""
+        out: list[str] = []
+        for queue in QUEUES:
+            while (raw := self.redis.rpop(queue)) is not None:
+                out.append(decode_job_id(raw))
+        return out
+
+
+#: ``work()``: pop every waiting message and render those jobs; the runner outcomes.
+Work = Callable[[], list[Any]]
+#: ``run_farm(*args, timeout=..., **env)``: the farm console script on the test's services.
+RunFarm = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_jobs(ledger: Ledger, settings: Settings, engine: Any, job_ids: list[str]) -> list[Any]:
+    """Run ``job_ids`` through the real runner (claim, render, store, record) on the tiny model,
+    and register the model's weights fingerprint as a worker does."""
+    from farm.engine.outputs import OutputStore
+    from farm.runner import JobRunner, worker_identity
+
+    if not job_ids:
+        return []
+    runner = JobRunner(
+        ledger=ledger, engine=engine, store=OutputStore(settings.outputs_path),
+        worker_host=worker_identity("cpu"), worker_device="cpu", lease_s=60, heartbeat_s=5,
+    )
+    outcomes = runner.run(job_ids)
+    for outcome in outcomes:
+        record = ledger.get_job(outcome.job_id)
+        if record.weights_fingerprint:
+            ledger.register_model(record.model_name, record.weights_fingerprint, worker="test-runner")
+    return outcomes
+
+
+def write_manifest(path: Path, items: list[dict[str, Any]], **top: Any) -> Path:
+    """A JSONL manifest: an optional header line, then one item per line."""
+    lines = [json.dumps(top)] if top else []
+    lines.extend(json.dumps(item) for item in items)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def count_rows(database_url: str, table: str) -> int:
+    """Rows in a ledger table, read with plain SQL (not through the code under test)."""
+    from sqlalchemy import create_engine, text
+
+    assert table in ("jobs", "batches", "events")
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def execute_sql(database_url: str, statement: str, **params: Any) -> None:
+    """A test-only write (e.g. simulating another environment in a recorded job)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
