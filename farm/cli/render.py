@@ -57,6 +57,8 @@ def register(group: click.Group) -> None:
             help="Priority class recorded with the job.")
     @option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory.")
     @option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable).")
+    @option("--no-cache", is_flag=True, default=False,
+            help="Render even if the same job (spec and weights) already has an output.")
     @option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
             help="Also copy the MP4 to this path.")
     @option("--device", envvar="FARM_DEVICE", default=None, help="Torch device (default: FARM_DEVICE, else cpu).")
@@ -68,14 +70,14 @@ def register(group: click.Group) -> None:
     def render(prompt: str, seed: int | None, seed_from_prompt_flag: bool, salt: str, model: str | None,
                priority: str, allow_degrade: bool, tags: tuple[str, ...], out_path: Path | None,
                device: str | None, offload: str | None, database_url: str | None, as_json: bool,
-               **values: Any) -> None:
+               no_cache: bool, **values: Any) -> None:
         """Render PROMPT in-process and record it in the ledger; prints where the video is."""
         spec = build_spec(
             prompt, seed=seed, seed_from_prompt_flag=seed_from_prompt_flag, salt=salt, model=model,
             priority=priority, allow_degrade=allow_degrade, tags=tags, values=values,
         )
         settings = settings_with(database_url=database_url, device=device, offload=offload)
-        summary = render_one(spec, settings)
+        summary = render_one(spec, settings, no_cache=no_cache)
         if out_path is not None and summary["status"] == "succeeded":
             copy_out(Path(summary["video"]), out_path)
             summary["copied_to"] = str(out_path)
@@ -87,7 +89,7 @@ def register(group: click.Group) -> None:
             sys.exit(EXIT_FAILED)
 
 
-def render_one(spec: RenderSpec, settings: Any) -> dict[str, Any]:
+def render_one(spec: RenderSpec, settings: Any, *, no_cache: bool = False) -> dict[str, Any]:
     """Record ``spec`` as a job, run it through the runner on this machine, return a summary."""
     from farm.engine.outputs import OutputStore
     from farm.engine.render import Engine
@@ -95,7 +97,7 @@ def render_one(spec: RenderSpec, settings: Any) -> dict[str, Any]:
     from farm.runner import JobRunner, worker_identity
 
     with Ledger.from_settings(settings) as ledger:
-        job_id = ledger.add_job(NewJob.from_spec(spec, max_attempts=settings.max_attempts))
+        job_id = ledger.add_job(NewJob.from_spec(spec, max_attempts=settings.max_attempts, no_cache=no_cache))
         runner = JobRunner(
             ledger=ledger,
             engine=Engine.from_settings(settings),
@@ -128,6 +130,7 @@ def render_one(spec: RenderSpec, settings: Any) -> dict[str, Any]:
         "load_s": timings.get("load_s"),
         "encode_s": timings.get("encode_s"),
         "swaps": (stats.get("batch") or {}).get("swaps"),
+        "cache_of_job_id": job.cache_of_job_id,
         "ledger": settings.ledger_url if settings.embedded else "(configured database)",
     }
 
@@ -151,6 +154,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         click.echo(f"copied   {s['copied_to']}")
     click.echo(f"frames   sha256 {s['frames_sha256']}")
     click.echo(f"file     sha256 {s['file_sha256']}")
+    if s.get("cache_of_job_id"):
+        click.echo(f"cached   answered from job {s['cache_of_job_id']} (same spec and weights; --no-cache renders)")
+        return
     render_s = s["render_s"] or 0.0
     click.echo(f"timing   render {render_s:.2f} s, load {s['load_s'] or 0:.2f} s, encode {s['encode_s'] or 0:.2f} s"
                f", expert swaps {s['swaps']}")

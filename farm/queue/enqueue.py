@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Messages sent per Redis pipeline (also the unit of re-sending after a broker error).
+SEND_CHUNK = 500
+#: The producer's connection must not replay writes on a timeout, or kombu refuses to pipeline.
+PRODUCER_TRANSPORT_OPTIONS = {"retry_on_timeout": False}
+
 def _log_retry(what: str) -> Any:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -122,14 +127,21 @@ def send_jobs(
     remaining = list(jobs)
 
     def send_remaining() -> None:
+        # One producer connection; on Redis, each chunk goes out as one pipeline (kombu's publish
+        # batch, which needs a connection that does not replay writes on timeout). A chunk counts
+        # as sent only once its pipeline is flushed; a chunk cut short is sent again whole on the
+        # next try (a duplicate message is harmless: the claim drops it).
         try:
-            with app.producer_or_acquire() as producer:
+            with app.connection_for_write(transport_options=PRODUCER_TRANSPORT_OPTIONS) as conn:
+                producer = app.amqp.Producer(conn)
                 while remaining:
-                    job_id, priority = remaining[0]
-                    app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority), producer=producer,
-                                  ignore_result=True)
-                    sent.append(job_id)
-                    remaining.pop(0)
+                    chunk = remaining[:SEND_CHUNK]
+                    with producer.batch(max_size=2 * SEND_CHUNK + 1):
+                        for job_id, priority in chunk:
+                            app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority),
+                                          producer=producer, ignore_result=True, retry=False)
+                    sent.extend(job_id for job_id, _ in chunk)
+                    del remaining[: len(chunk)]
         except errors as exc:
             raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
 

@@ -141,3 +141,18 @@ def test_render_into_postgres_ledger(pg_url: str, tmp_path: Path) -> None:
         job = ledger.get_job(out["job_id"])
     assert job.status is JobStatus.SUCCEEDED and job.frames_sha256 == out["frames_sha256"]
     assert not (tmp_path / "d" / "ledger.sqlite3").exists()
+
+
+def test_same_job_again_is_a_cache_hit_unless_no_cache(tmp_path: Path) -> None:
+    """The runner's cache: the same spec and weights in the same ledger are answered from the first
+    job's output, linked to it; --no-cache renders again (same frames)."""
+    data_dir = tmp_path / "d"
+    first = render_json(data_dir, "--seed", "11", "--steps", "2")
+    again = render_json(data_dir, "--seed", "11", "--steps", "2")
+    assert again["cache_of_job_id"] == first["job_id"] and again["job_id"] != first["job_id"]
+    assert again["frames_sha256"] == first["frames_sha256"] and again["video"] == first["video"]
+    forced = render_json(data_dir, "--seed", "11", "--steps", "2", "--no-cache")
+    assert forced["cache_of_job_id"] is None and forced["frames_sha256"] == first["frames_sha256"]
+    with Ledger(f"sqlite:///{data_dir / 'ledger.sqlite3'}") as ledger:
+        assert [e.kind for e in ledger.events(again["job_id"])][-1] == "cache-hit"
+        assert (ledger.get_job(forced["job_id"]).timings or {}).get("render_s", 0) > 0

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FARM, FarmEnv, RedisServer, assert_exactly_once, free_port, wait_until
+from farm_harness import FARM, FarmEnv, RedisServer, assert_exactly_once, free_port, wait_until
 
 PG_BINDIR_FALLBACK = "/usr/lib/postgresql/15/bin"
 

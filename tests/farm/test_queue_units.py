@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FARM, FarmEnv, RedisServer, free_port
+from farm_harness import FARM, FarmEnv, RedisServer, free_port
 
 from farm.cli.worker import DevicePlan, device_plan, node_name
 from farm.errors import BrokerUnavailable, InvalidInput, LedgerUnavailable, SpecError

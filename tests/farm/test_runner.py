@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import SMALL
+from farm_harness import SMALL
 
 from farm.errors import StorageError
 from farm.ledger import JobRecord, Ledger, NewJob

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from farm_harness import wait_until
 
 from farm.settings import reset_settings_cache
 from farm.worker.supervisor import NoDevices, Supervisor, parse_devices, worker_command

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import FARM, FarmEnv, RedisServer, assert_exactly_once, claimed_count, wait_until
+from farm_harness import FARM, FarmEnv, RedisServer, assert_exactly_once, claimed_count, wait_until
 from kombu import Connection
 
 from farm.queue.app import make_app

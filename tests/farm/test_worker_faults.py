@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import FarmEnv, RedisServer, WorkerProc, assert_exactly_once, claimed_count, wait_until
+from farm_harness import FarmEnv, RedisServer, WorkerProc, assert_exactly_once, claimed_count, wait_until
 
 from farm.ledger import JobRecord
 

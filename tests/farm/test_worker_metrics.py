@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import urllib.request
 
-from conftest import FarmEnv, free_port, wait_until
+from farm_harness import FarmEnv, free_port, wait_until
 
 
 def scrape(port: int) -> str:
