@@ -29,24 +29,11 @@ from farm.spec import RenderSpec
 
 Number = StrictFloat | StrictInt
 
-#: Spec fields a render request may carry (every field of :class:`RenderSpec` but the seed and its
-#: strategy, which the request's seed selection decides).
-SPEC_FIELDS: tuple[str, ...] = (
-    "negative_prompt",
-    "width",
-    "height",
-    "num_frames",
-    "fps",
-    "steps",
-    "guidance_scale",
-    "guidance_scale_2",
-    "boundary_ratio",
-    "flow_shift",
-    "sampler",
-    "output_format",
-    "allow_degrade",
-    "tags",
-)
+#: Spec fields a render request may carry: every field of :class:`RenderSpec` but the prompt, the
+#: model and the priority (top-level request fields) and the seed and its strategy (which the
+#: request's seed selection decides). Derived, so a new spec field is never silently dropped.
+REQUEST_OWN_FIELDS: frozenset[str] = frozenset({"prompt", "model", "priority", "seed", "seed_strategy"})
+SPEC_FIELDS: tuple[str, ...] = tuple(f for f in RenderSpec.model_fields if f not in REQUEST_OWN_FIELDS)
 #: Where FastAPI puts the part of the request an error is about (dropped from the field name).
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 

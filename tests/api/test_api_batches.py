@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from api_helpers import PrivateRedis, count_rows
+from api_helpers import PrivateRedis, count_rows, queue_lengths, queued_job_ids
 from fastapi.testclient import TestClient
 
 from farm.ledger import Ledger
@@ -44,7 +44,7 @@ def test_json_manifest_creates_the_batch_and_sends_every_job(
         jobs = ledger.batch_jobs(body["batch_id"])
     assert [j.batch_index for j in jobs] == [0, 1, 2, 3, 4]
     assert [j.seed for j in jobs] == [1, 2, 999, 1000, 1001]
-    assert sorted(redis_server.job_ids("farm.batch")) == sorted(j.id for j in jobs)
+    assert sorted(queued_job_ids(redis_server, "farm.batch")) == sorted(j.id for j in jobs)
     view = http.get(f"/v1/batches/{body['batch_id']}").json()
     assert view["counts"] == {"queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
     assert view["job_count"] == 5 and view["done"] is False and view["source_name"] == "request.json"
@@ -58,7 +58,7 @@ def test_the_same_manifest_again_is_the_same_batch(http: TestClient, redis_serve
     assert again.json()["batch_id"] == first.json()["batch_id"]
     assert again.json()["created"] is False and again.json()["enqueued"] == 0
     assert count_rows(pg_url, "jobs") == 5
-    assert redis_server.lengths()["farm.batch"] == 5
+    assert queue_lengths(redis_server)["farm.batch"] == 5
     # reformatting (key order) keeps the digest: still the same batch
     reordered = {"items": MANIFEST["items"], "defaults": MANIFEST["defaults"], "name": MANIFEST["name"]}
     assert http.post("/v1/batches", json=reordered).json()["batch_id"] == first.json()["batch_id"]
@@ -68,7 +68,7 @@ def test_yaml_manifest(http: TestClient, redis_server: PrivateRedis) -> None:
     r = http.post("/v1/batches", content=YAML, headers={"Content-Type": "text/yaml"})
     assert r.status_code == 201, r.text
     assert r.json()["job_count"] == 2
-    assert redis_server.lengths() == {"farm.interactive": 0, "farm.batch": 2}  # manifests default to batch
+    assert queue_lengths(redis_server) == {"farm.interactive": 0, "farm.batch": 2}  # manifests default to batch
 
 
 BAD_ITEMS: list[tuple[dict[str, Any], str, str]] = [

@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-from api_helpers import PrivateRedis, count_rows
+from api_helpers import PrivateRedis, count_rows, queue_lengths, queued_job_ids
 from fastapi.testclient import TestClient
 
 from farm.api.schemas import SPEC_FIELDS, RenderRequest
@@ -99,16 +99,16 @@ def test_submit_writes_the_row_and_sends_one_message(
     assert job.prompt == "a red fox running" and job.seed == 7 and job.seed_strategy == "explicit"
     assert job.priority == "interactive" and job.params["steps"] == 4 and job.tags == {"team": "a"}
     assert job.enqueued_at is not None
-    assert redis_server.job_ids("farm.interactive") == [job_id]
-    assert redis_server.lengths()["farm.batch"] == 0
+    assert queued_job_ids(redis_server, "farm.interactive") == [job_id]
+    assert queue_lengths(redis_server)["farm.batch"] == 0
 
 
 def test_batch_priority_goes_to_the_batch_queue(http: TestClient, redis_server: PrivateRedis) -> None:
     r = http.post("/v1/jobs", json={"prompt": "a fox", "seed_from_prompt": True, "salt": "v1", "priority": "batch"})
     assert r.status_code == 201
     [job_id] = r.json()["job_ids"]
-    assert redis_server.job_ids("farm.batch") == [job_id]
-    assert redis_server.lengths()["farm.interactive"] == 0
+    assert queued_job_ids(redis_server, "farm.batch") == [job_id]
+    assert queue_lengths(redis_server)["farm.interactive"] == 0
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["seed_strategy"] == "prompt" and job["priority"] == "batch"
 
@@ -119,7 +119,7 @@ def test_sweep_submits_one_job_per_seed(http: TestClient, redis_server: PrivateR
     ids = r.json()["job_ids"]
     seeds = [http.get(f"/v1/jobs/{i}").json()["seed"] for i in ids]
     assert seeds == [99, 100, 101]
-    assert sorted(redis_server.job_ids("farm.interactive")) == sorted(ids)
+    assert sorted(queued_job_ids(redis_server, "farm.interactive")) == sorted(ids)
 
 
 def test_idempotency_key_returns_the_same_ids_and_sends_nothing_more(
@@ -133,7 +133,7 @@ def test_idempotency_key_returns_the_same_ids_and_sends_nothing_more(
     assert again.json()["job_ids"] == first.json()["job_ids"]
     assert again.json()["created"] is False and again.json()["enqueued"] == 0
     assert count_rows(pg_url, "jobs") == 1
-    assert redis_server.lengths() == {"farm.interactive": 1, "farm.batch": 0}
+    assert queue_lengths(redis_server) == {"farm.interactive": 1, "farm.batch": 0}
     other = http.post("/v1/jobs", json={"prompt": "a fox", "seed": 3}, headers={"Idempotency-Key": "another"})
     assert other.status_code == 201 and other.json()["job_ids"] != first.json()["job_ids"]
 

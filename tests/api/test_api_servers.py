@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import AUTH, TOKEN, PrivateRedis, free_port
+from api_helpers import AUTH, TOKEN, PrivateRedis, queued_job_ids
+from private_redis import free_port
 
 FARM = str(Path(sys.executable).with_name("farm"))
 START_TIMEOUT_S = 60.0
@@ -90,7 +91,7 @@ def test_farm_api_serves_with_uvicorn(
     r = httpx.post(f"{base}/v1/jobs", json={"prompt": "a fox", "seed": 1}, headers=AUTH)
     assert r.status_code == 201
     [job_id] = r.json()["job_ids"]
-    assert redis_server.job_ids("farm.interactive") == [job_id]
+    assert queued_job_ids(redis_server, "farm.interactive") == [job_id]
     assert "server" not in {k.lower() for k in r.headers}
     assert TOKEN not in server.cmdline()
     server.stop()

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis
+from private_redis import PrivateRedis
 
 from farm.ledger import Ledger
 from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
@@ -23,52 +19,6 @@ from farm.settings import Settings
 
 FARM = str(Path(sys.executable).with_name("farm"))
 QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
-REDIS_START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A ``redis-server`` started for one test module (no persistence), stopped at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed: the producer tests need a private Redis", pytrace=False)
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis(host="127.0.0.1", port=self.port, db=0)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    pytest.fail(f"private redis-server on port {self.port} did not start", pytrace=False)
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
 def decode_job_id(raw: Any) -> str:
     """The job id a Celery (kombu Redis transport) message for ``farm.render`` carries."""
     message = json.loads(raw)

@@ -1,0 +1,59 @@
+"""A ``redis-server`` of a test's own, on a free loopback port, without persistence (imported as
+``private_redis`` by the API and producer tests; the farm fault tests use their restartable AOF
+variant in ``tests/farm/farm_harness.py``). Nothing else's Redis is touched: no FLUSHALL anywhere."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+REDIS_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """Started on construction (fails the test if it cannot start); :meth:`stop` ends it."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: these tests need a private Redis", pytrace=False)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, db=0)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail(f"private redis-server on port {self.port} did not start", pytrace=False)
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
