@@ -4,16 +4,31 @@ variant in ``tests/farm/farm_harness.py``). Nothing else's Redis is touched: no 
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 REDIS_START_TIMEOUT_S = 10.0
+
+
+def decode_job_id(raw: Any) -> str:
+    """The job id a Celery (kombu Redis transport) message for ``farm.render`` carries."""
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "farm.render"
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs, _embed = json.loads(body)
+    assert kwargs == {} and len(args) == 1, (args, kwargs)
+    return str(args[0])
 
 
 def free_port() -> int:

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
-from private_redis import PrivateRedis
+from private_redis import PrivateRedis, decode_job_id
 
 from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
 
@@ -24,18 +21,6 @@ def queue_lengths(server: PrivateRedis) -> dict[str, int]:
 def queued_job_ids(server: PrivateRedis, queue: str) -> list[str]:
     """Job ids of the messages waiting in ``queue``, oldest first."""
     return [decode_job_id(raw) for raw in reversed(server.client.lrange(queue, 0, -1))]
-
-
-def decode_job_id(raw: bytes) -> str:
-    """The job id a Celery (kombu Redis transport) message for ``farm.render`` carries."""
-    message = json.loads(raw)
-    assert message["headers"]["task"] == "farm.render"
-    body = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, kwargs, _embed = json.loads(body)
-    assert kwargs == {} and len(args) == 1, (args, kwargs)
-    return str(args[0])
 
 
 def count_rows(database_url: str, table: str) -> int:

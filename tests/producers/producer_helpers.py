@@ -3,7 +3,6 @@ of the farm's queues in it (decoding the Celery messages), a stand-in worker, ma
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from private_redis import PrivateRedis
+from private_redis import PrivateRedis, decode_job_id
 
 from farm.ledger import Ledger
 from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
@@ -19,18 +18,6 @@ from farm.settings import Settings
 
 FARM = str(Path(sys.executable).with_name("farm"))
 QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
-def decode_job_id(raw: Any) -> str:
-    """The job id a Celery (kombu Redis transport) message for ``farm.render`` carries."""
-    message = json.loads(raw)
-    assert message["headers"]["task"] == "farm.render"
-    body = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, kwargs, _embed = json.loads(body)
-    assert kwargs == {} and len(args) == 1, (args, kwargs)
-    return str(args[0])
-
-
 class Broker:
     """The test's view of the private Redis."""
 
