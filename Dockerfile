@@ -27,15 +27,25 @@ RUN useradd --create-home --uid 10001 farm \
 
 WORKDIR /app
 
-# torch first, from the chosen index, so nothing later pulls a different (CUDA) build.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+# Exact versions of everything (constraints.txt, written by `scripts/dev lock`), except torch:
+# TORCH_VERSION and TORCH_INDEX_URL choose its build (2.13.0+cpu, 2.13.0+cu128, ...). So torch's
+# line is replaced by `torch==${TORCH_VERSION}` in a copy of the lock (a pin without a local label
+# admits any build of that version). torch itself comes from its index WITHOUT dependencies (that
+# index mirrors few versions of them); the next install resolves its dependencies from PyPI under
+# the lock: filelock, sympy, ... at the locked versions, and for a CUDA build the nvidia-* and
+# triton wheels that torch's own metadata pins exactly (the CPU lock does not list them).
+COPY constraints.txt ./
+RUN { grep -v -i -E '^torch[[:space:]]*==' constraints.txt; echo "torch==${TORCH_VERSION}"; } > /tmp/constraints.txt \
+    && pip install --no-deps -c /tmp/constraints.txt "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 # Only what the package needs: never the working tree (ops/secrets/, .venv, data).
 COPY pyproject.toml README.md ./
 COPY farm ./farm
 COPY migrations ./migrations
 # Editable: the Alembic scripts are found next to the package (farm/ledger/db.py).
-RUN pip install -e ".[engine,ops]"
+RUN pip install -c /tmp/constraints.txt -e ".[engine,ops]" \
+    && pip check \
+    && rm /tmp/constraints.txt
 
 USER farm
 EXPOSE 8400 5555 9400

@@ -4,8 +4,13 @@ Two families matter to a worker:
 
 * :class:`ExpectedError` — permanent: retrying cannot help (invalid spec, missing weights, an
   illegal state transition). The job fails at once with the reason.
-* :class:`TransientError` — a hiccup (ledger or broker unreachable, storage error, one CUDA
+* :class:`TransientError` — a hiccup (ledger or broker unreachable, a write error, one CUDA
   out-of-memory): the job is retried with backoff, up to its attempt cap.
+
+Each class also says whether it is the *worker's* fault (:attr:`FarmError.worker_fault`): only
+those failures count towards a worker's circuit breaker. A job's own problem (a spec the model
+cannot render, an output location refused) fails that job and says nothing about the worker.
+:func:`classify` is the one place that turns an exception into that decision.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from dataclasses import dataclass
 class FarmError(Exception):
     """Base of every error farm raises on purpose."""
 
+    #: True when the failure says this worker (its device, disk, weights) is unwell: it counts
+    #: towards the worker's circuit breaker.
+    worker_fault: bool = False
+
 
 class ExpectedError(FarmError):
     """A permanent failure: the same input will fail the same way."""
@@ -24,6 +33,28 @@ class ExpectedError(FarmError):
 
 class TransientError(FarmError):
     """A failure that may pass: retry with backoff."""
+
+    worker_fault = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a job whose attempt raised: retry it (while attempts remain) or fail it,
+    and whether the failure counts against the worker."""
+
+    retry: bool
+    worker_fault: bool
+
+
+def classify(exc: BaseException) -> Verdict:
+    """The one retry/fail decision: permanent errors fail at once, transient ones retry; anything
+    unexpected (a bug, the environment) retries, capped by the job's attempts, and counts against
+    the worker."""
+    if isinstance(exc, ExpectedError):
+        return Verdict(retry=False, worker_fault=exc.worker_fault)
+    if isinstance(exc, FarmError):
+        return Verdict(retry=True, worker_fault=exc.worker_fault)
+    return Verdict(retry=True, worker_fault=True)
 
 
 # -- input validation --------------------------------------------------------------------------
@@ -112,6 +143,8 @@ class IllegalTransition(LedgerError, ExpectedError):
 class LedgerUnavailable(LedgerError, TransientError):
     """The ledger database could not be reached or the transaction failed transiently."""
 
+    worker_fault = False  # every worker sees the same outage: not a reason to stop this one
+
 
 class SchemaOutOfDate(LedgerError, ExpectedError):
     """The ledger database is not migrated to the code's schema: run ``farm db upgrade``."""
@@ -121,7 +154,9 @@ class SchemaOutOfDate(LedgerError, ExpectedError):
 
 
 class ModelError(ExpectedError):
-    """Base of model loading errors."""
+    """Base of model loading errors (this worker cannot render the model: its fault)."""
+
+    worker_fault = True
 
 
 class WeightsNotFound(ModelError):
@@ -153,11 +188,13 @@ class OutOfMemory(TransientError):
 class BrokerUnavailable(TransientError):
     """The message broker could not be reached (messages are sent again later by the reaper)."""
 
-
-class LeaseLost(LedgerError, ExpectedError):
-    """The worker no longer owns the job (its lease expired and the job moved on, or it was
-    cancelled): its result is not recorded."""
+    worker_fault = False
 
 
 class StorageError(TransientError):
-    """Writing or reading an output file failed."""
+    """Writing or reading an output file failed (I/O: a full disk, a lost mount): retried."""
+
+
+class OutputRefused(ExpectedError):
+    """The store refuses an output location (it resolves outside the output root): permanent, and
+    that output's problem, not the worker's."""

@@ -8,15 +8,18 @@ recorded by the other. The flow (rq-style, each outcome handed to one handler):
    claimable (already running under a live lease, already finished, cancelled, a follower) is
    *dropped*: never rendered twice. Workers claim before calling :meth:`JobRunner.run_claimed`.
 2. **load** the model (kept warm by the engine), register its weights fingerprint, and answer
-   jobs whose output already exists (same job key, same weights) as cache hits, unless the job
-   says ``no_cache``.
+   jobs whose output already exists (same job key, same weights, the file hashed and intact) as
+   cache hits, unless the job says ``no_cache``; a damaged output is marked in the ledger and the
+   job renders.
 3. **render** compatible jobs together (expert-phase batching, up to ``phase_batch`` at a time).
    A background thread heartbeats every job of the group every ``heartbeat_s`` (through the model
    load, the render, the encode and the recording); a job whose heartbeat is refused (cancelled,
    or its lease was taken over) is dropped from the batch at its next step.
 4. **store** each frame stack in the content-addressed output store.
-5. **record**: :meth:`handle_success`, :meth:`handle_retry` (transient errors: back to queued
-   while attempts remain) or :meth:`handle_failure` (permanent errors: failed at once). When
+5. **record**: :meth:`handle_success`, or :meth:`handle_error`, which asks
+   :func:`farm.errors.classify`: :meth:`handle_retry` (transient errors: back to queued while
+   attempts remain) or :meth:`handle_failure` (permanent errors: failed at once), each outcome
+   saying whether it counts against the worker's circuit breaker. When
    :attr:`JobRunner.stop` is set (a worker's shutdown deadline) the jobs still rendering are
    handed back with ``ledger.release`` (the attempt is not counted).
 
@@ -34,16 +37,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from farm.errors import ExpectedError, IllegalTransition, RenderCancelled, TransientError
+from farm.errors import IllegalTransition, RenderCancelled, TransientError, classify
 from farm.ledger import JobRecord, Ledger
+from farm.ledger.records import OutputMark
 from farm.spec import compatibility_key
 
 if TYPE_CHECKING:
-    from farm.engine.outputs import OutputStore
     from farm.engine.render import Engine, RenderResult
+    from farm.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,9 @@ class Outcome:
     outcome: str
     record: JobRecord | None = None
     error: str | None = None
+    #: A failure that says the worker is unwell (counts towards its circuit breaker); a job's own
+    #: problem (a spec the model cannot render, a refused output location) does not.
+    worker_fault: bool = False
 
 
 class Heartbeat:
@@ -230,10 +236,8 @@ class JobRunner:
         load_started = time.perf_counter()
         try:
             components = self.engine.load(jobs[0].model_name)
-        except ExpectedError as exc:
-            return [self.handle_failure(job, exc) for job in jobs]
-        except Exception as exc:  # transient (OOM, storage, ...) or unexpected: retry, capped by attempts
-            return [self.handle_retry(job, exc) for job in jobs]
+        except Exception as exc:
+            return [self.handle_error(job, exc) for job in jobs]
         load_s = time.perf_counter() - load_started
         fingerprint = components.weights_fingerprint
         self._register_model(jobs[0].model_name, fingerprint)
@@ -249,7 +253,7 @@ class JobRunner:
             failing = self.before_render([jobs[i] for i in todo],
                                          lambda: self._all_stopped(beat, [jobs[i].id for i in todo]))
             for i in [i for i in todo if jobs[i].id in failing]:
-                done(self.handle_failure(jobs[i], failing[jobs[i].id]))
+                done(self.handle_error(jobs[i], failing[jobs[i].id]))
             todo = [i for i in todo if jobs[i].id not in failing]
         if not todo:
             return [outcomes[j.id] for j in jobs]
@@ -263,13 +267,9 @@ class JobRunner:
 
         try:
             results = self.engine.render([dict(jobs[i].params) for i in todo], on_step=on_step)
-        except ExpectedError as exc:
-            for i in todo:
-                done(self.handle_failure(jobs[i], exc))
-            return [outcomes[j.id] for j in jobs]
         except Exception as exc:
             for i in todo:
-                done(self.handle_retry(jobs[i], exc))
+                done(self.handle_error(jobs[i], exc))
             return [outcomes[j.id] for j in jobs]
         for i, result in zip(todo, results, strict=True):
             job = jobs[i]
@@ -279,10 +279,8 @@ class JobRunner:
                 continue
             try:
                 done(self.handle_success(job, result, fingerprint, load_s))
-            except ExpectedError as exc:
-                done(self.handle_failure(job, exc))
             except Exception as exc:
-                done(self.handle_retry(job, exc))
+                done(self.handle_error(job, exc))
         return [outcomes[j.id] for j in jobs]
 
     def _all_stopped(self, beat: Heartbeat, job_ids: Sequence[str]) -> bool:
@@ -301,14 +299,28 @@ class JobRunner:
         self._registered.add((name, fingerprint))
 
     def _cache_hit(self, job: JobRecord, fingerprint: str) -> Outcome | None:
-        """Answer ``job`` from an existing output of the same job key and weights, if any."""
+        """Answer ``job`` from an existing output of the same job key and weights, if any, after
+        hashing its file: an output that is missing or corrupt is marked so in the ledger (the
+        cache never answers from it again) and the job renders."""
         try:
-            original = self.retry(f"cache lookup for job {job.id}",
-                                  lambda: self.ledger.find_succeeded_by_key(job.job_key, fingerprint))
+            found = self.retry(f"cache lookup for job {job.id}",
+                               lambda: self.ledger.find_cache_original(job.job_key, fingerprint))
         except TransientError as exc:
             log.warning("job %s: cache lookup failed (%s); rendering", job.id, exc)
             return None
-        if original is None or original.id == job.id or not _output_present(original.output_uri):
+        if found is None or found[0].id == job.id:
+            return None
+        original, output = found
+        check = self.store.check(output.uri, output.file_sha256, size_bytes=output.size_bytes)
+        mark = OutputMark(output.uri, "ok" if check.ok else check.state.value, output.file_sha256, check.detail,
+                          check.actual_sha256, check.size_bytes)
+        try:
+            self.retry(f"recording the check of output {output.uri}", lambda: self.ledger.mark_outputs([mark]))
+        except TransientError as exc:
+            log.warning("job %s: output check not recorded (%s)", job.id, exc)
+        if not check.ok:
+            log.warning("job %s: not answered from job %s: its output is %s (%s); rendering", job.id, original.id,
+                        check.state.value, check.detail)
             return None
         try:
             record = self.retry(f"recording cache hit for job {job.id}", lambda: self.ledger.record_cache_hit(
@@ -345,6 +357,8 @@ class JobRunner:
             "degraded": result.degraded,
             "output_reused": stored.reused,
         }
+        if stored.quarantined is not None:
+            timings["quarantined"] = str(stored.quarantined)
         try:
             record = self.retry(f"recording the success of job {job.id}", lambda: self.ledger.record_success(
                 job.id,
@@ -356,6 +370,7 @@ class JobRunner:
                 env_fingerprint=self.environment(),
                 timings=timings,
                 worker_host=self.worker_host,
+                size_bytes=stored.size_bytes,
             ), durable=True)
         except IllegalTransition:
             # Cancelled, or our lease expired and the job moved on: the output stays in the store
@@ -368,15 +383,23 @@ class JobRunner:
             return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
         return Outcome(job.id, SUCCEEDED, record)
 
-    def handle_failure(self, job: JobRecord, exc: BaseException) -> Outcome:
+    def handle_error(self, job: JobRecord, exc: BaseException) -> Outcome:
+        """An attempt raised: :func:`farm.errors.classify` decides between a retry and a failure,
+        and whether it counts against this worker."""
+        verdict = classify(exc)
+        if verdict.retry:
+            return self.handle_retry(job, exc, worker_fault=verdict.worker_fault)
+        return self.handle_failure(job, exc, worker_fault=verdict.worker_fault)
+
+    def handle_failure(self, job: JobRecord, exc: BaseException, *, worker_fault: bool = False) -> Outcome:
         """A permanent error: the job fails at once with the reason."""
         log.error("job %s failed: %s: %s", job.id, type(exc).__name__, exc)
-        return self._record_error(job, exc, retry=False)
+        return self._record_error(job, exc, retry=False, worker_fault=worker_fault)
 
-    def handle_retry(self, job: JobRecord, exc: BaseException) -> Outcome:
+    def handle_retry(self, job: JobRecord, exc: BaseException, *, worker_fault: bool = True) -> Outcome:
         """A transient (or unexpected) error: back to queued while attempts remain."""
         log.warning("job %s attempt %d failed: %s: %s", job.id, job.attempts, type(exc).__name__, exc)
-        return self._record_error(job, exc, retry=True)
+        return self._record_error(job, exc, retry=True, worker_fault=worker_fault)
 
     def handle_cancelled(self, job: JobRecord, *, lost_lease: bool) -> Outcome:
         if lost_lease:
@@ -384,7 +407,7 @@ class JobRunner:
         if self.stop.is_set():
             return self.handle_release(job, "worker shutting down")
         # Stopped by the step callback for another reason: hand it back as a retry.
-        return self._record_error(job, RenderCancelled("render stopped"), retry=True)
+        return self._record_error(job, RenderCancelled("render stopped"), retry=True, worker_fault=False)
 
     def handle_release(self, job: JobRecord, reason: str) -> Outcome:
         """Hand a claimed job back (the attempt is not counted): shutdown."""
@@ -396,7 +419,7 @@ class JobRunner:
         log.warning("job %s handed back: %s", job.id, reason)
         return Outcome(job.id, RELEASED if record is not None else DROPPED, record, reason)
 
-    def _record_error(self, job: JobRecord, exc: BaseException, *, retry: bool) -> Outcome:
+    def _record_error(self, job: JobRecord, exc: BaseException, *, retry: bool, worker_fault: bool) -> Outcome:
         error_type = type(exc).__name__
         message = str(exc) or repr(exc)
         try:
@@ -409,13 +432,4 @@ class JobRunner:
             log.error("job %s: failure not recorded (%s)", job.id, error)
             return Outcome(job.id, UNRECORDED, None, f"{error_type}: {exc}")
         outcome = RETRY if record.status.value == "queued" else FAILED
-        return Outcome(job.id, outcome, record, f"{error_type}: {exc}")
-
-
-def _output_present(uri: str | None) -> bool:
-    """Whether a recorded output is still there (``file://`` URIs are checked on disk)."""
-    if not uri:
-        return False
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://")).is_file()
-    return True
+        return Outcome(job.id, outcome, record, f"{error_type}: {exc}", worker_fault)

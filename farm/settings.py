@@ -44,6 +44,11 @@ DEFAULT_CIRCUIT_BREAKER_FAILURES = 3
 DEFAULT_RETRY_BASE_S = 0.5
 DEFAULT_RETRY_CAP_S = 30.0
 DEFAULT_RETRY_COUNT = 6
+#: Seconds a producer (submit, batch, the API) keeps trying to reach the broker before it reports
+#: the jobs as recorded but not sent (the reaper sends them later).
+DEFAULT_SEND_TIMEOUT_S = 3.0
+#: Broker URL schemes farm works with (Celery on Redis; the embedded filesystem broker).
+BROKER_SCHEMES: tuple[str, ...] = ("redis", "rediss", "sentinel", "filesystem")
 
 
 def _default_data_dir() -> Path:
@@ -82,6 +87,10 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=DEFAULT_RETRY_BASE_S, ge=0)
     retry_cap_s: float = Field(default=DEFAULT_RETRY_CAP_S, ge=0)
     retry_count: int = Field(default=DEFAULT_RETRY_COUNT, ge=0)
+    send_timeout_s: float = Field(
+        default=DEFAULT_SEND_TIMEOUT_S, gt=0, le=3600,
+        description="Seconds a producer tries to reach the broker before reporting jobs as not sent.",
+    )
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus port of a worker (GPU N listens on port + N)."
     )
@@ -101,6 +110,18 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.lower() not in BROKER_SCHEMES:
+            raise ValueError(
+                f"FARM_BROKER_URL must start with one of {', '.join(s + '://' for s in BROKER_SCHEMES)} "
+                f"(got {redacted_url(value)!r})")
+        return value
 
     # -- derived values -------------------------------------------------------------------------
     @property

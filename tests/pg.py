@@ -69,8 +69,15 @@ class PgAdmin:
         self._created.append(name)
         return name
 
+    def adopt(self, name: str) -> None:
+        """Take charge of a database a test created by other means (a command it ran): this
+        admin drops it like its own. Only farm_t* names."""
+        if not name.startswith("farm_t"):
+            raise ValueError(f"test databases are named farm_t*, not {name!r}")
+        self._created.append(name)
+
     def drop(self, name: str) -> None:
-        """Drop a database this admin created (anything else is refused)."""
+        """Drop a database this admin created or adopted (anything else is refused)."""
         if name not in self._created:
             raise ValueError(f"refusing to drop {name!r}: not created by this test session")
         self._conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

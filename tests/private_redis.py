@@ -40,11 +40,11 @@ def free_port() -> int:
 class PrivateRedis:
     """Started on construction (fails the test if it cannot start); :meth:`stop` ends it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server is not installed: these tests need a private Redis", pytrace=False)
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(workdir)],

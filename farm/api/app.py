@@ -31,7 +31,7 @@ from farm.api import files
 from farm.api.auth import BearerAuthMiddleware, startup_token
 from farm.api.bodies import UnsupportedMediaType
 from farm.api.limits import BodyLimitMiddleware
-from farm.api.routes import register
+from farm.api.routes import FURTHER_CHECKS, register
 from farm.api.schemas import problem_body, problems_from_errors
 from farm.errors import (
     BatchNotFound,
@@ -56,9 +56,13 @@ def _answer(status: int, error: str, problems: list[Problem], headers: dict[str,
     return JSONResponse(problem_body(error, problems), status_code=status, headers=headers)
 
 
-async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _answer(422, "InvalidInput", problems_from_errors(exc.errors()))
+    problems = problems_from_errors(exc.errors())
+    further = FURTHER_CHECKS.get(request.scope.get("endpoint"))
+    if further is not None:  # the rules FastAPI's shape check stopped before: every problem at once
+        problems += further(request, exc.body, problems)  # pure checks: no I/O
+    return _answer(422, "InvalidInput", problems)
 
 
 async def _invalid_input(_: Request, exc: Exception) -> JSONResponse:

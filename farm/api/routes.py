@@ -8,6 +8,7 @@ Errors are raised as farm exceptions and turned into HTTP answers by :mod:`farm.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request, Response
@@ -23,6 +24,7 @@ from farm.api.schemas import (
     ErrorBody,
     JobsCreated,
     RenderRequest,
+    rule_problems,
 )
 from farm.client import Client
 from farm.client.core import check_id, check_idempotency_key
@@ -74,6 +76,15 @@ def _key(value: str | None) -> str | None:
         raise InvalidInput(Problem(IDEMPOTENCY_HEADER, p.rule, p.message) for p in exc.problems) from None
 
 
+def _key_problems(value: str | None) -> list[Problem]:
+    """The problems of an ``Idempotency-Key`` header (none when it is fine or absent)."""
+    try:
+        _key(value)
+    except InvalidInput as exc:
+        return list(exc.problems)
+    return []
+
+
 def _urls(job_id: str, status: str) -> dict[str, str | None]:
     ready = status == JobStatus.SUCCEEDED.value
     return {
@@ -106,13 +117,29 @@ def submit_job(body: RenderRequest, request: Request, response: Response,
                idempotency_key: IdempotencyKey = None) -> JobsCreated:
     """Submit one render (a ``sweep`` submits one per seed). 201 with the new job ids; with an
     ``Idempotency-Key`` seen before, 200 with the first request's ids and nothing created or sent."""
-    key = _key(idempotency_key)
     client = _client(request)
     default_model = request.app.state.settings.default_model
-    body.specs(default_model)  # every rule, before anything is written (the client checks them again)
+    # every rule, before anything is written (the client checks them again), all problems at once
+    problems = _key_problems(idempotency_key)
+    try:
+        body.specs(default_model)
+    except InvalidInput as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise InvalidInput(problems)
+    key = _key(idempotency_key)
     done = client.submit_detailed(body.prompt, idempotency_key=key, **body.client_kwargs(default_model))
     response.status_code = 201 if done.created else 200
     return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued)
+
+
+def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Problem]) -> list[Problem]:
+    """What else a ``POST /v1/jobs`` request breaks when its body failed FastAPI's shape check
+    (which stops before :func:`submit_job` runs): the spec rules of the well-formed fields and
+    the ``Idempotency-Key`` header, so that one 422 lists every problem."""
+    default_model = request.app.state.settings.default_model
+    return [*rule_problems(body, shape_problems, default_model),
+            *_key_problems(request.headers.get(IDEMPOTENCY_HEADER))]
 
 
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
@@ -237,6 +264,13 @@ ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
                                                               "responses": ERRORS}),
     ("POST", "/v1/batches/{batch_id}/cancel", cancel_batch, {"tags": ["batches"], "responses": ERRORS}),
 )
+
+
+#: endpoint -> the further problems of a request whose parameters failed FastAPI's validation
+#: (called by the RequestValidationError handler with the request, the body and those problems).
+FURTHER_CHECKS: dict[Any, Callable[[Request, Any, Sequence[Problem]], list[Problem]]] = {
+    submit_job: submit_job_problems,
+}
 
 
 def register(app: FastAPI) -> None:

@@ -22,9 +22,10 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationError,
 )
 
-from farm.errors import Problem
+from farm.errors import InvalidInput, Problem
 from farm.spec import RenderSpec
 
 Number = StrictFloat | StrictInt
@@ -34,6 +35,8 @@ Number = StrictFloat | StrictInt
 #: request's seed selection decides). Derived, so a new spec field is never silently dropped.
 REQUEST_OWN_FIELDS: frozenset[str] = frozenset({"prompt", "model", "priority", "seed", "seed_strategy"})
 SPEC_FIELDS: tuple[str, ...] = tuple(f for f in RenderSpec.model_fields if f not in REQUEST_OWN_FIELDS)
+#: Stands in for a missing or malformed prompt while the other fields' rules are checked.
+_PLACEHOLDER_PROMPT = "placeholder"
 #: Where FastAPI puts the part of the request an error is about (dropped from the field name).
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 
@@ -207,3 +210,29 @@ def problems_from_errors(errors: Iterable[Mapping[str, Any]]) -> list[Problem]:
         seen.add((field, rule))
         problems.append(Problem(field, rule, message))
     return problems
+
+
+def rule_problems(body: Any, shape_problems: Sequence[Problem], default_model: str) -> list[Problem]:
+    """The render spec rules broken by the fields of a ``POST /v1/jobs`` body that passed the
+    shape check, when others did not (``shape_problems``: unknown fields, wrong JSON types,
+    missing ones). FastAPI stops at the shape check; this lets one 422 list every problem.
+
+    Fields with a shape problem are left out (a missing or malformed prompt is replaced by a
+    placeholder); nothing is checked when the model itself is malformed (every rule depends on
+    its profile) or when the body is not a JSON object."""
+    if not isinstance(body, dict):
+        return []
+    bad = {p.field.split(".", 1)[0] for p in shape_problems}
+    if "model" in bad or "body" in bad:
+        return []
+    rest = {k: v for k, v in body.items() if k in RenderRequest.model_fields and k not in bad}
+    if "prompt" in bad:
+        rest["prompt"] = _PLACEHOLDER_PROMPT
+    try:
+        request = RenderRequest.model_validate(rest)
+        request.specs(default_model)
+    except ValidationError:  # not expected: every field left passed the shape check
+        return []
+    except InvalidInput as exc:
+        return [p for p in exc.problems if p.field.split(".", 1)[0] not in bad]
+    return []

@@ -8,6 +8,7 @@ can also be given through an environment variable (shown in ``--help``).
 from __future__ import annotations
 
 import importlib
+import logging
 
 import click
 
@@ -44,4 +45,7 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    # Commands report what matters to people themselves (stdout, stderr, exit codes): farm's log
+    # lines stay quiet unless a command configures logging (the worker, the API and Flower do).
+    logging.getLogger("farm").addHandler(logging.NullHandler())
     cli(prog_name="farm")

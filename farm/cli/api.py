@@ -7,13 +7,24 @@ the command refuses to start (exit 2), unless it binds to 127.0.0.1 (or ::1) and
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from farm.cli.common import EXIT_BAD_INPUT, database_option, option, settings_with
+from farm.cli.common import EXIT_BAD_INPUT, broker_option, database_option, handle_errors, option, settings_with
+
+#: The token is never an option (an option's value can leak into ``ps``, shell history and help
+#: output): it is read from the environment only, and ``--help`` says so.
+_AUTH_EPILOG = (
+    "Authentication: every route but /healthz requires `Authorization: Bearer <token>`, where the token "
+    "is the value of the FARM_API_TOKEN environment variable (at least 16 characters). It is read from "
+    "the environment only (there is no option for it) and is never printed or logged. Without "
+    "FARM_API_TOKEN the command refuses to start, unless it binds to 127.0.0.1 or ::1 with --insecure-local."
+)
 
 
 def register(group: click.Group) -> None:
-    @group.command("api")
+    @group.command("api", short_help="Serve farm's HTTP API (needs FARM_API_TOKEN).", epilog=_AUTH_EPILOG)
     @option("--host", envvar="FARM_API_HOST", default=None,
             help="Address to bind (default: FARM_API_HOST, else 127.0.0.1).")
     @option("--port", envvar="FARM_API_PORT", type=click.IntRange(1, 65535), default=None,
@@ -23,15 +34,19 @@ def register(group: click.Group) -> None:
             "(a flag only: no environment variable turns it on).")
     @option("--log-level", envvar="FARM_LOG_LEVEL", default=None, help="uvicorn log level (default: FARM_LOG_LEVEL).")
     @database_option()
+    @broker_option()
+    @handle_errors()
     def api(host: str | None, port: int | None, insecure_local: bool, log_level: str | None,
-            database_url: str | None) -> None:
-        """Serve farm's HTTP API (OpenAPI schema at /openapi.json)."""
+            database_url: str | None, broker_url: str | None) -> None:
+        """Serve farm's HTTP API (OpenAPI schema at /openapi.json); needs FARM_API_TOKEN."""
         import uvicorn
 
         from farm.api.app import create_app
         from farm.api.auth import ApiConfigError
 
-        settings = settings_with(api_host=host, api_port=port, database_url=database_url)
+        settings = settings_with(api_host=host, api_port=port, database_url=database_url, broker_url=broker_url)
+        logging.basicConfig(level=(log_level or settings.log_level).upper(),
+                            format="%(levelname)s:     %(name)s: %(message)s")
         try:
             app = create_app(settings, insecure_local=insecure_local)
         except ApiConfigError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from farm.cli.common import emit_json, handle_errors, json_option, option
+from farm.cli.common import emit_json, handle_errors, json_option, not_sent_exit, option
 from farm.cli.submit import client_options, open_client
 
 
@@ -30,12 +30,11 @@ def register(group: click.Group) -> None:
         """Validate MANIFEST, record all its jobs, queue them; prints the batch id."""
         with open_client(database_url, broker_url) as client:
             sub = client.submit_batch(manifest, no_cache=no_cache)
+            error = client.last_send_error
         if as_json:
             emit_json(sub.to_dict())
-            return
-        click.echo(sub.batch_id)
-        what = "new batch" if sub.created else "already submitted (same manifest): nothing new written"
-        line = f"{sub.name}: {sub.job_count} job(s), {what}; {sub.enqueued} enqueued now"
-        if sub.not_sent:
-            line += f"; {sub.not_sent} accepted but not sent yet (broker unreachable; the reaper sends them)"
-        click.echo(line, err=True)
+        else:
+            click.echo(sub.batch_id)
+            what = "new batch" if sub.created else "already submitted (same manifest): nothing new written"
+            click.echo(f"{sub.name}: {sub.job_count} job(s), {what}; {sub.enqueued} enqueued now", err=True)
+        not_sent_exit(sub.not_sent, error)

@@ -8,16 +8,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
-from farm.errors import ExpectedError, FarmError, InvalidInput
+from farm.errors import ExpectedError, FarmError, InvalidInput, Problem
 from farm.settings import Settings, get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Exit codes: 0 ok, 1 the work failed (e.g. a render or a job failed), 2 bad input or usage.
+#: Exit codes: 0 ok, 1 the work failed (e.g. a render or a job failed), 2 bad input or usage,
+#: 3 the jobs were recorded but the broker could not be reached to send them (the reaper will).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_NOT_SENT = 3
 
 
 def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
@@ -39,13 +42,35 @@ def database_option() -> Callable[[F], F]:
     )
 
 
+def broker_option() -> Callable[[F], F]:
+    return option(
+        "--broker-url", envvar="FARM_BROKER_URL", default=None,
+        help="Celery broker URL (redis://...; default: the embedded filesystem broker in FARM_DATA_DIR).",
+    )
+
+
+def not_sent_exit(not_sent: int, error: str | None) -> None:
+    """Jobs were recorded but not sent: say so on stderr (what happens to them) and exit 3."""
+    if not not_sent:
+        return
+    click.echo(
+        f"error: the broker could not be reached ({error or 'unavailable'}): {not_sent} job(s) are recorded "
+        "in the ledger but NOT sent. A worker's reaper sends them once the broker is reachable (or run "
+        "`farm reap`); check FARM_BROKER_URL / --broker-url.", err=True)
+    sys.exit(EXIT_NOT_SENT)
+
+
 def settings_with(**overrides: Any) -> Settings:
-    """The process settings with the non-None CLI overrides applied."""
-    base = get_settings()
+    """The process settings with the non-None CLI overrides applied; a bad value (from the
+    environment or an option) is an :class:`~farm.errors.InvalidInput` naming the setting."""
     changes = {k: v for k, v in overrides.items() if v is not None}
-    if not changes:
-        return base
-    return Settings(**{**base.model_dump(), **changes})
+    try:
+        base = get_settings()
+        return Settings(**{**base.model_dump(), **changes}) if changes else base
+    except ValidationError as exc:
+        problems = [Problem(".".join(str(p) for p in e["loc"]) or "settings", "setting", e["msg"])
+                    for e in exc.errors()]
+        raise InvalidInput(problems) from None
 
 
 def emit_json(data: Any) -> None:

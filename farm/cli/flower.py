@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from farm.cli.common import EXIT_BAD_INPUT, option, settings_with
+from farm.cli.common import EXIT_BAD_INPUT, broker_option, handle_errors, option, settings_with
 from farm.settings import Settings, redacted_url
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,11 @@ def register(group: click.Group) -> None:
             help="Port to listen on (default: FARM_FLOWER_PORT, else 5555).")
     @option("--address", default=DEFAULT_ADDRESS, show_default=True, allow_from_autoenv=False,
             help="Address to bind. Flower's /metrics and /healthcheck are public: keep it private.")
-    def flower_command(port: int | None, address: str) -> None:
+    @broker_option()
+    @handle_errors()
+    def flower_command(port: int | None, address: str, broker_url: str | None) -> None:
         """Run Flower (basic auth from FARM_FLOWER_BASIC_AUTH, required) on farm's Celery app."""
-        settings = settings_with(flower_port=port)
+        settings = settings_with(flower_port=port, broker_url=broker_url)
         try:
             credentials = basic_auth_credentials(settings)
         except FlowerConfigError as exc:

@@ -1,6 +1,6 @@
 """``farm jobs``: look at jobs in the ledger.
 
-* ``farm jobs list [--batch B] [--status S] [--limit N] [--json]`` — newest first;
+* ``farm jobs list [--batch B] [--status S] [--starred|--unstarred] [--limit N] [--json]`` — newest first;
 * ``farm jobs show ID [--json]`` — every recorded field of one job and its event trail.
 """
 
@@ -46,15 +46,18 @@ def jobs_group() -> None:
 @database_option()
 @option("--batch", "batch_id", default=None, help="Only jobs of this batch id.")
 @option("--status", type=click.Choice(STATUS_CHOICES), default=None, help="Only jobs in this status.")
+@option("--starred/--unstarred", "starred", default=None,
+        help="Only starred jobs (--starred) or only jobs that are not starred (--unstarred); default: both.")
 @option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=100, help="Most jobs to list.")
 @json_option()
 @handle_errors()
 def list_command(
-    database_url: str | None, batch_id: str | None, status: str | None, limit: int, as_json: bool
+    database_url: str | None, batch_id: str | None, status: str | None, starred: bool | None, limit: int,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     with _open(database_url) as ledger:
-        found = ledger.list_jobs(batch_id=batch_id, status=status, limit=limit)
+        found = ledger.list_jobs(batch_id=batch_id, status=status, starred=starred, limit=limit)
     if as_json:
         emit_json([j.to_dict() for j in found])
         return

@@ -5,7 +5,7 @@
   its next heartbeat); finished ones are listed and left alone. Exit 0.
 * ``star`` bookmarks a job (``--unstar`` removes the mark).
 * ``sweep`` queues the neighbours of a succeeded job's seed (seed-R..seed+R without the seed
-  itself), the same spec otherwise, each recording the job as its parent. Any succeeded job may
+  itself) as one batch, the same spec otherwise, each recording the job as its parent. Any succeeded job may
   be swept, starred or not.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import click
 
-from farm.cli.common import emit_json, handle_errors, json_option, option
-from farm.cli.submit import client_options, open_client
+from farm.cli.common import emit_json, handle_errors, json_option, not_sent_exit, option
+from farm.cli.submit import client_options, open_client, submission_summary
 
 
 def register(group: click.Group) -> None:
@@ -62,12 +62,15 @@ def register(group: click.Group) -> None:
     @handle_errors()
     def sweep(job_id: str, radius: int, priority: str | None, no_cache: bool, database_url: str | None,
               broker_url: str | None, as_json: bool) -> None:
-        """Queue the seed neighbours of a succeeded job; prints the new job ids."""
+        """Queue the seed neighbours of a succeeded job as one batch; prints the new job ids (the
+        batch id is on stderr and in --json: `farm wait BATCH` follows them all)."""
         with open_client(database_url, broker_url) as client:
-            job_ids = client.sweep(job_id, radius, priority=priority, no_cache=no_cache)
+            sub = client.sweep_detailed(job_id, radius, priority=priority, no_cache=no_cache)
+            error = client.last_send_error
         if as_json:
-            emit_json({"parent_job_id": job_id, "job_ids": job_ids})
-            return
-        for new_id in job_ids:
-            click.echo(new_id)
-        click.echo(f"{len(job_ids)} neighbour job(s) of {job_id} queued", err=True)
+            emit_json({"parent_job_id": job_id, **sub.to_dict()})
+        else:
+            for new_id in sub.job_ids:
+                click.echo(new_id)
+            submission_summary(sub.to_dict())
+        not_sent_exit(sub.not_sent, error)

@@ -91,17 +91,19 @@ def register(group: click.Group) -> None:
 
 def render_one(spec: RenderSpec, settings: Any, *, no_cache: bool = False) -> dict[str, Any]:
     """Record ``spec`` as a job, run it through the runner on this machine, return a summary."""
-    from farm.engine.outputs import OutputStore
     from farm.engine.render import Engine
     from farm.ledger import Ledger, NewJob
     from farm.runner import JobRunner, worker_identity
+    from farm.store import OutputStore
 
+    store = OutputStore(settings.outputs_path)
     with Ledger.from_settings(settings) as ledger:
-        job_id = ledger.add_job(NewJob.from_spec(spec, max_attempts=settings.max_attempts, no_cache=no_cache))
+        new_job = NewJob.from_spec(spec, max_attempts=settings.max_attempts, no_cache=no_cache)
+        job_id = ledger.add_job(new_job, output_ok=store.vouches)
         runner = JobRunner(
             ledger=ledger,
             engine=Engine.from_settings(settings),
-            store=OutputStore(settings.outputs_path),
+            store=store,
             worker_host=worker_identity(settings.device),
             worker_device=settings.device,
             lease_s=settings.lease_s,
@@ -109,7 +111,7 @@ def render_one(spec: RenderSpec, settings: Any, *, no_cache: bool = False) -> di
         )
         outcome = runner.run([job_id])[0]
         job = ledger.get_job(job_id)
-    video = Path(job.output_uri.removeprefix("file://")) if job.output_uri else None
+    video = store.locate(job.output_uri)
     timings = job.timings or {}
     stats = timings.get("stats", {})
     return {
@@ -125,7 +127,8 @@ def render_one(spec: RenderSpec, settings: Any, *, no_cache: bool = False) -> di
         "frames_sha256": job.frames_sha256,
         "file_sha256": job.file_sha256,
         "video": str(video) if video else None,
-        "poster": str(video.with_name("poster.png")) if video else None,
+        "poster": str(store.poster_of(job.output_uri)) if video else None,
+        "cache_hit": job.cache_of_job_id is not None,
         "render_s": timings.get("render_s"),
         "load_s": timings.get("load_s"),
         "encode_s": timings.get("encode_s"),
@@ -148,6 +151,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         click.echo(f"job {s['job_id']} {s['status']}: {s['error_type']}: {s['error']}", err=True)
         return
     click.echo(f"job      {s['job_id']}  ({s['model']}, seed {s['seed']} [{s['seed_strategy']}])")
+    if s.get("cache_of_job_id"):
+        click.echo(f"cache    hit: answered from job {s['cache_of_job_id']} without rendering (same spec and "
+                   "weights, its file checked; --no-cache renders again)")
     click.echo(f"video    {s['video']}")
     click.echo(f"poster   {s['poster']}")
     if s.get("copied_to"):
@@ -155,7 +161,6 @@ def _print_summary(s: dict[str, Any]) -> None:
     click.echo(f"frames   sha256 {s['frames_sha256']}")
     click.echo(f"file     sha256 {s['file_sha256']}")
     if s.get("cache_of_job_id"):
-        click.echo(f"cached   answered from job {s['cache_of_job_id']} (same spec and weights; --no-cache renders)")
         return
     render_s = s["render_s"] or 0.0
     click.echo(f"timing   render {render_s:.2f} s, load {s['load_s'] or 0:.2f} s, encode {s['encode_s'] or 0:.2f} s"

@@ -1,8 +1,10 @@
-"""``farm status ID`` and ``farm wait ID``: where a job or a batch stands.
+"""``farm status ID...`` and ``farm wait ID...``: where jobs and batches stand.
 
-``farm wait`` shows a line redrawn in place (on a terminal; else printed when it changes) with the
-counts per status, the progress and the ETA. Exit codes: 0 every job succeeded, 1 any job failed
-or was cancelled, 124 the ``--timeout`` passed first.
+Each takes one or more ids (jobs or batches, mixed): several are followed as one group. ``farm
+wait`` shows a line redrawn in place (on a terminal; else printed when it changes) with the counts
+per status, the progress and the ETA (shown once the group's workers have rendered enough of it
+to have a pace). Exit codes: 0 every job succeeded, 1 any job failed or was cancelled, 124 the
+``--timeout`` passed first.
 """
 
 from __future__ import annotations
@@ -75,35 +77,36 @@ class LineDrawer:
 
 def register(group: click.Group) -> None:
     @group.command("status")
-    @click.argument("any_id", metavar="ID")
+    @click.argument("ids", metavar="ID...", nargs=-1, required=True)
     @client_options
     @json_option()
     @handle_errors()
-    def status(any_id: str, database_url: str | None, broker_url: str | None, as_json: bool) -> None:
-        """Counts per status, progress and ETA of a job or a batch."""
+    def status(ids: tuple[str, ...], database_url: str | None, broker_url: str | None, as_json: bool) -> None:
+        """Counts per status, progress and ETA of jobs and/or batches (several: as one group)."""
         with open_client(database_url, broker_url) as client:
-            report = client.status(any_id)
+            report = client.status(ids[0] if len(ids) == 1 else list(ids))
         if as_json:
             emit_json(report.to_dict())
         else:
             click.echo(status_line(report))
 
     @group.command("wait")
-    @click.argument("any_id", metavar="ID")
+    @click.argument("ids", metavar="ID...", nargs=-1, required=True)
     @option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
             help="Give up after this many seconds (exit 124).")
     @option("--poll", "poll_s", type=click.FloatRange(min=0.05), default=1.0, help="Seconds between polls.")
     @client_options
     @json_option()
     @handle_errors()
-    def wait(any_id: str, timeout_s: float | None, poll_s: float, database_url: str | None,
+    def wait(ids: tuple[str, ...], timeout_s: float | None, poll_s: float, database_url: str | None,
              broker_url: str | None, as_json: bool) -> None:
-        """Wait until every job of ID (a job or a batch) finished. Exit 0 when all succeeded, 1
-        when any failed or was cancelled, 124 on timeout."""
+        """Wait until every job of the IDs (jobs and/or batches) finished. Exit 0 when all
+        succeeded, 1 when any failed or was cancelled, 124 on timeout."""
         drawer = None if as_json else LineDrawer()
         with open_client(database_url, broker_url) as client:
             try:
-                report = client.wait(any_id, timeout_s=timeout_s, poll_s=poll_s, on_progress=drawer)
+                report = client.wait(ids[0] if len(ids) == 1 else list(ids), timeout_s=timeout_s, poll_s=poll_s,
+                                     on_progress=drawer)
             finally:
                 if drawer is not None:
                     drawer.close()

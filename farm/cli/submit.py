@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from farm.cli.common import database_option, emit_json, handle_errors, json_option, option, settings_with
+from farm.cli.common import (
+    broker_option,
+    database_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    not_sent_exit,
+    option,
+    settings_with,
+)
 from farm.errors import InvalidInput
 from farm.profiles import PROFILES, SAMPLERS
 
@@ -24,13 +33,6 @@ if TYPE_CHECKING:
     from farm.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def broker_option() -> Callable[[F], F]:
-    return option(
-        "--broker-url", envvar="FARM_BROKER_URL", default=None,
-        help="Celery broker URL (redis://...; default: the embedded filesystem broker in FARM_DATA_DIR).",
-    )
 
 
 def client_options(fn: F) -> F:
@@ -119,24 +121,27 @@ def register(group: click.Group) -> None:
                 prompt, seed=seed, seed_from_prompt=seed_from_prompt_flag, salt=salt, sweep=sweep, model=model,
                 priority=priority, no_cache=no_cache, idempotency_key=idempotency_key, **fields,
             )
-            first = client.ledger.get_job(sub.job_ids[0])
+            error = client.last_send_error
         if as_json:
-            emit_json({**sub.to_dict(), "first_status": first.status.value, "cache_of": first.cache_of_job_id})
-            return
-        for job_id in sub.job_ids:
-            click.echo(job_id)
-        _summary(sub.to_dict(), first.status.value, first.cache_of_job_id)
+            emit_json(sub.to_dict())
+        else:
+            for job_id in sub.job_ids:
+                click.echo(job_id)
+            submission_summary(sub.to_dict())
+        not_sent_exit(sub.not_sent, error)
 
 
-def _summary(sub: dict[str, Any], first_status: str, cache_of: str | None) -> None:
+def submission_summary(sub: dict[str, Any]) -> None:
+    """One line on stderr: how many jobs, their seeds, what was sent, the group id, cache hits."""
     n = len(sub["job_ids"])
     seeds = sub["seeds"]
     seed_text = f"seed {seeds[0]}" if n == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
     parts = [f"{n} job(s), {seed_text} [{sub['seed_strategy']}]", f"{sub['enqueued']} enqueued"]
+    if sub.get("batch_id"):
+        parts.append(f"batch {sub['batch_id']} (farm wait {sub['batch_id']})")
     if not sub["created"]:
         parts.append("idempotency key seen before: the first submission's jobs")
-    if n == 1 and cache_of:
-        parts.append(f"{'answered from the cache' if first_status == 'succeeded' else 'following'} job {cache_of}")
-    if sub["not_sent"]:
-        parts.append(f"{sub['not_sent']} accepted but not sent yet (broker unreachable; the reaper sends them)")
+    if n == 1 and sub.get("cache_of"):
+        answered = sub.get("first_status") == "succeeded"
+        parts.append(f"{'cache hit: answered from' if answered else 'following'} job {sub['cache_of']}")
     click.echo("; ".join(parts), err=True)

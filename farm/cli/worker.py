@@ -22,7 +22,15 @@ from typing import Any
 
 import click
 
-from farm.cli.common import database_option, emit_json, handle_errors, json_option, option, settings_with
+from farm.cli.common import (
+    broker_option,
+    database_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    option,
+    settings_with,
+)
 from farm.errors import InvalidInput
 from farm.settings import set_process_environment
 
@@ -93,9 +101,10 @@ def register(group: click.Group) -> None:
     @option("--stop-timeout", type=float, default=DEFAULT_STOP_TIMEOUT_S,
             help="Seconds a warm shutdown (SIGTERM) waits for the current render before handing it back.")
     @database_option()
+    @broker_option()
     @handle_errors()
     def worker(device: str | None, devices: str | None, queues: str, hostname: str | None, loglevel: str | None,
-               stop_timeout: float, database_url: str | None) -> None:
+               stop_timeout: float, database_url: str | None, broker_url: str | None) -> None:
         """Run a render worker: take jobs from the queues and render them on one device."""
         ctx = click.get_current_context()
         on_command_line = click.core.ParameterSource.COMMANDLINE
@@ -109,26 +118,27 @@ def register(group: click.Group) -> None:
         extra = ["--queues", queues, "--stop-timeout", str(stop_timeout)]
         if loglevel:
             extra += ["--loglevel", loglevel]
-        if database_url and click.get_current_context().get_parameter_source(
-                "database_url") is click.core.ParameterSource.COMMANDLINE:
-            extra += ["--database-url", database_url]  # (from the environment, children inherit it)
+        for name, value in (("database_url", database_url), ("broker_url", broker_url)):
+            if value and ctx.get_parameter_source(name) is on_command_line:
+                extra += ["--" + name.replace("_", "-"), value]  # (from the environment, children inherit it)
         if devices is not None:
             sys.exit(supervise(devices, extra))
         sys.exit(run_worker(device or "cpu", queues=queues, hostname=hostname, loglevel=loglevel,
-                            stop_timeout_s=stop_timeout, database_url=database_url))
+                            stop_timeout_s=stop_timeout, database_url=database_url, broker_url=broker_url))
 
     @group.command("reap")
     @database_option()
+    @broker_option()
     @json_option()
     @handle_errors()
-    def reap_command(database_url: str | None, as_json: bool) -> None:
+    def reap_command(database_url: str | None, broker_url: str | None, as_json: bool) -> None:
         """One reaper pass: expired leases back to queued (or failed at the attempt cap), and a
         message sent for every queued job whose message was never sent or was lost."""
         from farm.ledger import Ledger
         from farm.queue.app import make_app
         from farm.queue.enqueue import reap
 
-        settings = settings_with(database_url=database_url)
+        settings = settings_with(database_url=database_url, broker_url=broker_url)
         with Ledger.from_settings(settings) as ledger:
             report = reap(ledger, settings, app=make_app(settings))
         if as_json:
@@ -155,7 +165,8 @@ def supervise(devices: str, extra: list[str]) -> int:
 
 
 def run_worker(device: str, *, queues: str, hostname: str | None, loglevel: str | None, stop_timeout_s: float,
-               database_url: str | None, worker_options: dict[str, Any] | None = None) -> int:
+               database_url: str | None, broker_url: str | None = None,
+               worker_options: dict[str, Any] | None = None) -> int:
     """Pin the device, then run the Celery worker in this process until it stops; its exit code."""
     plan = pin_device(device)
     from farm.ledger import Ledger
@@ -168,7 +179,7 @@ def run_worker(device: str, *, queues: str, hostname: str | None, loglevel: str 
         queue_names = parse_queues(queues)
     except ValueError as exc:
         raise InvalidInput.one("queues", "queues", str(exc)) from None
-    settings = settings_with(database_url=database_url, device=plan.torch_device)
+    settings = settings_with(database_url=database_url, broker_url=broker_url, device=plan.torch_device)
     Ledger.from_settings(settings).close()  # the schema is usable (embedded: created) before consuming
     app = make_app(settings)
     tasks.register(app)

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.client import reports
-from farm.client.audit import audit_jobs
+from farm.client.audit import audit_outputs, repair_item
 from farm.client.reports import (
     AuditReport,
     BatchSubmission,
     CancelReport,
     JobSubmission,
+    RepairItem,
+    RepairReport,
     RerenderReport,
     StatusReport,
 )
@@ -44,6 +46,7 @@ from farm.settings import Settings, get_settings
 if TYPE_CHECKING:
     from farm.ledger import JobRecord, Ledger, NewJob
     from farm.manifest import ExpandedBatch, Manifest
+    from farm.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,11 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 IDEMPOTENCY_DOMAIN = "idem:"
 #: Domain of the batch digest of a manifest submitted with ``no_cache``.
 NO_CACHE_DOMAIN = "no-cache:"
-#: Source name recorded for the pseudo batches of idempotent submissions.
+#: Source name recorded for the pseudo batches of idempotent submissions and sweeps.
 SUBMIT_SOURCE = "farm-submit"
+SWEEP_SOURCE = "farm-sweep"
+#: Domain of the digest of a group that is new on every call (a sweep without idempotency key).
+GROUP_DOMAIN = "group:"
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -110,24 +116,35 @@ def _bad_id(value: object, field: str) -> str:
 
 
 class Client:
-    """Producer operations on one ledger (and the broker the settings name).
+    """Producer operations on one ledger (and the broker and output store the settings name).
 
-    ``app`` is a Celery app to send with (default: the farm's app for ``settings``);
-    ``clock``/``sleep`` drive :meth:`wait` (tests pass fakes).
+    ``Client()`` uses the process settings (``FARM_*``; with nothing set, the embedded ledger in
+    ``FARM_DATA_DIR``) and closes the ledger it opened on :meth:`close` / ``with``. ``ledger``:
+    use that ledger instead (not closed here); ``app`` is a Celery app to send with (default: the
+    farm's app for ``settings``); ``store`` the output store (default: ``FARM_OUTPUT_DIR``);
+    ``sleep``/``monotonic`` drive :meth:`wait` (tests pass fakes).
     """
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Ledger | None = None,
         settings: Settings | None = None,
         *,
         app: Any = None,
         owns_ledger: bool = False,
+        store: OutputStore | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ledger = ledger
+        from farm.store import OutputStore
+
         self.settings = settings or get_settings()
+        if ledger is None:
+            from farm.ledger import Ledger
+
+            ledger, owns_ledger = Ledger.from_settings(self.settings), True
+        self.ledger = ledger
+        self.store = store or OutputStore(self.settings.outputs_path)
         self._app = app
         self._owns_ledger = owns_ledger
         self._sleep = sleep
@@ -140,6 +157,21 @@ class Client:
 
         settings = settings or get_settings()
         return cls(Ledger.from_settings(settings), settings, app=app, owns_ledger=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _add_jobs(self, new_jobs: Sequence[NewJob]) -> list[str]:
+        """Add jobs; the cache answers only from outputs the store vouches for (a quick look)."""
+        return self.ledger.add_jobs(new_jobs, output_ok=self.store.vouches)
+
+    def _create_batch(self, digest: str, name: str, source: str, new_jobs: Sequence[NewJob]) -> tuple[str, bool]:
+        return self.ledger.create_batch(digest, name, source, new_jobs, output_ok=self.store.vouches)
+
+    def _submission(self, job_ids: list[str], created: bool, sent: int, not_sent: int,
+                    batch_id: str | None) -> JobSubmission:
+        first = self.ledger.get_job(job_ids[0])
+        seeds = [first.seed] if len(job_ids) == 1 else [self.ledger.get_job(j).seed for j in job_ids]
+        return JobSubmission(job_ids, created, sent, not_sent, seeds, first.seed_strategy, batch_id,
+                             first.status.value, first.cache_of_job_id)
 
     def close(self) -> None:
         if self._owns_ledger:
@@ -168,15 +200,21 @@ class Client:
         from farm.queue.enqueue import enqueue_jobs
 
         sent = 0
+        budget_s = self.settings.send_timeout_s
         for start in range(0, len(pairs), SEND_CHUNK):
             chunk = pairs[start : start + SEND_CHUNK]
             try:
-                sent += enqueue_jobs(self.ledger, chunk, app=self._celery(), settings=self.settings)
+                sent += enqueue_jobs(self.ledger, chunk, app=self._celery(), settings=self.settings,
+                                     max_total_s=budget_s)
             except BrokerUnavailable as exc:
                 left = len(pairs) - start
+                self.last_send_error = str(exc)
                 log.warning("broker unavailable (%s): %d accepted job(s) left for the reaper to send", exc, left)
                 return sent, left
         return sent, 0
+
+    #: The broker error of the last send that left jobs unsent (for messages to people).
+    last_send_error: str | None = None
 
     def _new_job(self, spec: Any, **kwargs: Any) -> NewJob:
         from farm.ledger import NewJob
@@ -233,19 +271,20 @@ class Client:
             prompt, seed=seed, seed_from_prompt_flag=seed_from_prompt, salt=salt, sweep_of=sweep, model=model,
             priority=priority, fields=spec_fields,
         )
-        if key is None:
-            job_ids = self.ledger.add_jobs([self._new_job(s, no_cache=no_cache) for s in specs])
+        if key is None and len(specs) == 1:
+            job_ids = self._add_jobs([self._new_job(specs[0], no_cache=no_cache)])
             sent, not_sent = self._send(self.ledger.jobs_to_enqueue(job_ids=job_ids))
-            return JobSubmission(job_ids, True, sent, not_sent, [s.seed for s in specs], specs[0].seed_strategy)
+            return self._submission(job_ids, True, sent, not_sent, None)
+        # Several jobs (a sweep), or an idempotency key: one batch, so one id follows them all.
         new_jobs = [self._new_job(s, no_cache=no_cache, batch_index=i) for i, s in enumerate(specs)]
-        batch_id, created = self.ledger.create_batch(
-            idempotency_digest(key), f"submit {key}"[:255], SUBMIT_SOURCE, new_jobs
-        )
-        records = self.ledger.batch_jobs(batch_id)
+        if key is None:
+            digest, name = _sha256(GROUP_DOMAIN + str(uuid.uuid4())), f"sweep {sweep[0]}±{sweep[1]}" if sweep else ""
+        else:
+            digest, name = idempotency_digest(key), f"submit {key}"
+        batch_id, created = self._create_batch(digest, name[:255], SUBMIT_SOURCE, new_jobs)
+        job_ids = [j.id for j in self.ledger.batch_jobs(batch_id)]
         sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
-        return JobSubmission(
-            [j.id for j in records], created, sent, not_sent, [j.seed for j in records], records[0].seed_strategy
-        )
+        return self._submission(job_ids, created, sent, not_sent, batch_id)
 
     def submit_batch(
         self, manifest: str | os.PathLike[str] | Manifest | ExpandedBatch, *, no_cache: bool = False
@@ -265,7 +304,7 @@ class Client:
         digest = batch.digest if not no_cache else _sha256(NO_CACHE_DOMAIN + batch.digest)
         new_jobs = [self._new_job(j.spec, no_cache=no_cache, batch_index=i) for i, j in enumerate(batch.jobs)]
         name = batch.name or Path(batch.source).stem or batch.source
-        batch_id, created = self.ledger.create_batch(digest, name, batch.source, new_jobs)
+        batch_id, created = self._create_batch(digest, name, batch.source, new_jobs)
         sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
         return BatchSubmission(batch_id, created, len(new_jobs), sent, not_sent, name, digest)
 
@@ -299,26 +338,39 @@ class Client:
             self.ledger.get_job(checked)  # raises JobNotFound
             return "job"
 
-    def status(self, any_id: str) -> StatusReport:
-        """Counts per status, progress and ETA of a job or a batch."""
-        checked = check_id(any_id)
+    def status(self, any_id: str | Sequence[str]) -> StatusReport:
+        """Counts per status, progress and ETA of a job, a batch, or several of them together
+        (``kind`` "group": their jobs counted once each). Every id is checked first
+        (:class:`~farm.errors.JobNotFound` names an unknown one)."""
+        if isinstance(any_id, str):
+            return self._status_one(check_id(any_id))
+        ids = list(dict.fromkeys(check_id(i) for i in any_id))
+        if not ids:
+            raise InvalidInput.one("ids", "min_1", "give at least one job or batch id")
+        if len(ids) == 1:
+            return self._status_one(ids[0])
+        job_ids: dict[str, None] = {}
+        for checked in ids:
+            job_ids.update(dict.fromkeys(j.id for j in self._jobs_of(checked, self._kind(checked))))
+        pace = self.ledger.pace(job_ids=list(job_ids))
+        return reports.group_status(f"{len(ids)} ids", "group", pace, self._now())
+
+    def _status_one(self, checked: str) -> StatusReport:
         try:
             batch = self.ledger.get_batch(checked)
         except BatchNotFound:
             return reports.job_status(self.ledger.get_job(checked), self._now())
-        counts = self.ledger.batch_counts(batch.id)
-        running = self.ledger.list_jobs(batch_id=batch.id, status="running", limit=10_000)
-        return reports.batch_status(batch.id, counts, (j.progress for j in running), batch.created_at, self._now())
+        return reports.group_status(batch.id, "batch", self.ledger.pace(batch_id=batch.id), self._now())
 
     def wait(
         self,
-        any_id: str,
+        any_id: str | Sequence[str],
         timeout_s: float | None = None,
         poll_s: float = DEFAULT_POLL_S,
         on_progress: Callable[[StatusReport], None] | None = None,
     ) -> StatusReport:
-        """Poll :meth:`status` until every job finished or ``timeout_s`` passed (then the report
-        has ``timed_out=True``). ``on_progress`` sees every report."""
+        """Poll :meth:`status` (of one id or several) until every job finished or ``timeout_s``
+        passed (then the report has ``timed_out=True``). ``on_progress`` sees every report."""
         check_wait_args(timeout_s, poll_s)
         deadline = None if timeout_s is None else self._monotonic() + timeout_s
         while True:
@@ -377,10 +429,16 @@ class Client:
         return job
 
     def sweep(self, job_id: str, radius: int, *, priority: str | None = None, no_cache: bool = False) -> list[str]:
+        """The new jobs' ids of :meth:`sweep_detailed`."""
+        return self.sweep_detailed(job_id, radius, priority=priority, no_cache=no_cache).job_ids
+
+    def sweep_detailed(self, job_id: str, radius: int, *, priority: str | None = None,
+                       no_cache: bool = False) -> JobSubmission:
         """Jobs for the neighbours of a succeeded job's seed (``seed - radius .. seed + radius``
         without the seed itself, invalid seeds skipped), the same spec otherwise, strategy
-        ``sweep``, ``parent_job_id`` = the job. Any succeeded job may be swept (starring is a
-        bookmark, not a gate); a job that has not succeeded is refused."""
+        ``sweep``, ``parent_job_id`` = the job, in one new batch (its id follows them all). Any
+        succeeded job may be swept (starring is a bookmark, not a gate); a job that has not
+        succeeded is refused."""
         from farm.seeds import sweep as sweep_seeds
         from farm.spec import parse_spec
 
@@ -397,9 +455,13 @@ class Client:
             data["priority"] = priority
         first = parse_spec(data)
         specs = [first, *(first.model_copy(update={"seed": s}) for s in seeds[1:])]
-        job_ids = self.ledger.add_jobs([self._new_job(s, parent_job_id=parent.id, no_cache=no_cache) for s in specs])
-        self._send(self.ledger.jobs_to_enqueue(job_ids=job_ids))
-        return job_ids
+        new_jobs = [self._new_job(s, parent_job_id=parent.id, no_cache=no_cache, batch_index=i)
+                    for i, s in enumerate(specs)]
+        batch_id, _ = self._create_batch(_sha256(GROUP_DOMAIN + str(uuid.uuid4())),
+                                         f"sweep {parent.seed}±{radius} of job {parent.id}", SWEEP_SOURCE, new_jobs)
+        job_ids = [j.id for j in self.ledger.batch_jobs(batch_id)]
+        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
+        return self._submission(job_ids, True, sent, not_sent, batch_id)
 
     # -- checking --------------------------------------------------------------------------------
     def rerender(
@@ -411,15 +473,19 @@ class Client:
         check_flag(wait, "wait")
         check_wait_args(timeout_s, poll_s)
         parent = self._succeeded(job_id, "only a succeeded job can be re-rendered and compared")
-        spec = parent.spec()
-        if spec.job_key != parent.job_key:  # the canonical form must round-trip exactly
-            raise InvalidInput.one("job_id", "canonical", f"job {parent.id}'s recorded spec no longer gives its key")
-        child_id = self.ledger.add_jobs([self._new_job(spec, parent_job_id=parent.id, no_cache=True)])[0]
+        child_id = self._add_jobs([self._rerender_job(parent)])[0]
         self._send(self.ledger.jobs_to_enqueue(job_ids=[child_id]))
         timed_out = False
         if wait:
             timed_out = self.wait(child_id, timeout_s=timeout_s, poll_s=poll_s).timed_out
         return reports.rerender_report(parent, self.ledger.get_job(child_id), timed_out=timed_out)
+
+    def _rerender_job(self, parent: JobRecord) -> NewJob:
+        """A new job that renders ``parent``'s recorded spec again (never from the cache)."""
+        spec = parent.spec()
+        if spec.job_key != parent.job_key:  # the canonical form must round-trip exactly
+            raise InvalidInput.one("job_id", "canonical", f"job {parent.id}'s recorded spec no longer gives its key")
+        return self._new_job(spec, parent_job_id=parent.id, no_cache=True)
 
     def rerender_report(self, child_id: str) -> RerenderReport:
         """The report of an earlier :meth:`rerender` (by the re-render's job id)."""
@@ -429,11 +495,73 @@ class Client:
         return reports.rerender_report(self.ledger.get_job(child.parent_job_id), child)
 
     def audit(self, batch_id: str | None = None) -> AuditReport:
-        """Re-hash every succeeded job's stored file (of one batch, or all) against its record."""
+        """Re-hash every succeeded job's stored file (of one batch, or all) against the ledger's
+        record, and write the verdicts to the ledger: a missing or corrupt output is never
+        answered from by the cache (until a render writes it again)."""
+        return self._audit(batch_id)[0]
+
+    def _audit(self, batch_id: str | None) -> tuple[AuditReport, list[JobRecord]]:
         checked = None if batch_id is None else check_id(batch_id, "batch_id")
         if checked is not None:
             self.ledger.get_batch(checked)  # BatchNotFound for an unknown id
-        return audit_jobs(self.ledger.succeeded_jobs(batch_id=checked))
+        jobs = self.ledger.succeeded_jobs(batch_id=checked)
+        if jobs and not self.store.root.is_dir():
+            raise InvalidInput.one(
+                "output_dir", "store_present",
+                f"the output store {self.store.root} does not exist on this machine: run the audit where "
+                "FARM_OUTPUT_DIR is mounted (auditing here would find every output missing)")
+        recorded = self.ledger.outputs_of([j.output_uri for j in jobs if j.output_uri])
+        report, marks = audit_outputs(jobs, self.store, recorded)
+        self.ledger.mark_outputs(marks)
+        return report, jobs
+
+    def repair(
+        self, batch_id: str | None = None, *, timeout_s: float | None = None, poll_s: float = DEFAULT_POLL_S,
+        on_progress: Callable[[StatusReport], None] | None = None,
+    ) -> RepairReport:
+        """Audit (of one batch, or all), then for each missing or corrupt output: move its
+        directory to the store's quarantine, render the job that made it again (never from the
+        cache), wait, and check that the same frames came back and the stored file is intact
+        again. Ends with a second audit of the same scope."""
+        check_wait_args(timeout_s, poll_s)
+        before, jobs = self._audit(batch_id)
+        bad = {e.job_id: "corrupt" for e in before.corrupt} | {e.job_id: "missing" for e in before.missing}
+        by_uri: dict[str, list[JobRecord]] = {}
+        for job in jobs:
+            if job.id in bad and job.output_uri:
+                by_uri.setdefault(job.output_uri, []).append(job)
+        if not by_uri:
+            return RepairReport(before, [])
+        plans: list[tuple[str, str, list[JobRecord], JobRecord, str | None, str]] = []
+        for uri, pointing in by_uri.items():
+            roots = [j for j in pointing if j.cache_of_job_id is None] or pointing
+            parent = max(roots, key=lambda j: (j.finished_at or j.created_at, j.id))
+            new_job = self._rerender_job(parent)
+            quarantined = self.store.quarantine(uri, f"repair: output {bad[parent.id]}")
+            child_id = self._add_jobs([new_job])[0]
+            plans.append((uri, bad[parent.id], pointing, parent, None if quarantined is None else str(quarantined),
+                          child_id))
+        child_ids = [plan[5] for plan in plans]
+        _, not_sent = self._send(self.ledger.jobs_to_enqueue(job_ids=child_ids))
+        if not_sent:
+            raise BrokerUnavailable(
+                f"{not_sent} re-render job(s) recorded but not sent ({self.last_send_error}); a worker's reaper "
+                f"sends them when the broker is back: {', '.join(child_ids)}")
+        waited = self.wait(child_ids, timeout_s=timeout_s, poll_s=poll_s, on_progress=on_progress)
+        items: list[RepairItem] = []
+        for uri, found, pointing, parent, moved, child_id in plans:
+            child = self.ledger.get_job(child_id)
+            restored = None
+            if child.status.value == "succeeded" and child.output_uri:
+                output = self.ledger.output(child.output_uri)
+                expected = output.file_sha256 if output is not None else str(child.file_sha256)
+                restored = self.store.check(uri, expected)
+            item = repair_item(uri, found, pointing, parent, child, quarantined=moved, restored=restored)
+            if item.file_rewritten and restored is not None and restored.actual_sha256:
+                self.ledger.replace_output_hash(uri, restored.actual_sha256, reason=f"repair by job {child.id}")
+            items.append(item)
+        after = self._audit(batch_id)[0] if not waited.timed_out else None
+        return RepairReport(before, items, after, waited.timed_out)
 
 
 __all__ = ["Client", "check_flag", "check_id", "check_idempotency_key", "check_wait_args", "idempotency_digest"]

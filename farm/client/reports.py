@@ -6,19 +6,23 @@ Torch-free, SQLAlchemy-free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from farm.ledger.records import JobRecord
+    from farm.ledger.stats import Pace
 
 #: Status names in display order (the values stored in the ledger).
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 #: URI scheme of outputs in the local content-addressed store.
 FILE_SCHEME = "file://"
+#: A group's ETA is shown once this many of its jobs were rendered to the end (and at least one
+#: per worker rendering it): before that there is no pace to go by.
+MIN_RENDERED_FOR_ETA = 2
 
 
 def _status(value: Any) -> str:
@@ -46,6 +50,11 @@ class JobSubmission:
     #: The jobs' seeds (in job order) and how they were chosen.
     seeds: list[int] = field(default_factory=list)
     seed_strategy: str = ""
+    #: The group of a sweep (or of an idempotent submission): one id for ``farm wait``/``status``.
+    batch_id: str | None = None
+    #: The first job's status and the job it follows or was answered from (cache).
+    first_status: str = "queued"
+    cache_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,18 +120,33 @@ def eta_seconds(total: int, work_done: float, elapsed_s: float) -> float | None:
     return elapsed_s * (total - work_done) / work_done
 
 
-def batch_status(
-    batch_id: str, counts: Mapping[Any, int], running_progress: Iterable[float], started_at: datetime,
-    now: datetime,
-) -> StatusReport:
-    """A batch's report from its counts per status and the progress of its running jobs."""
+def pace_eta(total: int, work_done: float, pace: Pace, now: datetime) -> float | None:
+    """Seconds left for a group at the pace its workers have rendered it so far.
+
+    The clock starts when the first of its jobs was claimed (time spent queued behind other work
+    is not pace), and counts only rendered jobs (cache hits finish instantly and say nothing of
+    the pace). ``None`` until :data:`MIN_RENDERED_FOR_ETA` jobs, and one per worker rendering the
+    group, have been rendered to the end."""
+    if work_done >= total:
+        return 0.0
+    needed = min(max(MIN_RENDERED_FOR_ETA, pace.workers), total)
+    if pace.first_started_at is None or pace.rendered_done < needed:
+        return None
+    elapsed_s = (now - pace.first_started_at).total_seconds()
+    rendered = pace.rendered_done + pace.running_progress
+    if elapsed_s <= 0 or rendered <= 0:
+        return None
+    return (total - work_done) * elapsed_s / rendered
+
+
+def group_status(group_id: str, kind: str, pace: Pace, now: datetime) -> StatusReport:
+    """A batch's (or a list of jobs') report from its :class:`~farm.ledger.stats.Pace`."""
     by_name = {s: 0 for s in STATUSES}
-    by_name.update({_status(k): int(v) for k, v in counts.items()})
+    by_name.update({_status(k): int(v) for k, v in pace.counts.items()})
     total = sum(by_name.values())
-    work = sum(by_name[s] for s in TERMINAL_STATUSES) + sum(running_progress)
-    elapsed = (now - started_at).total_seconds()
+    work = sum(by_name[s] for s in TERMINAL_STATUSES) + pace.running_progress
     progress = 1.0 if total == 0 else min(1.0, work / total)
-    return StatusReport(batch_id, "batch", total, by_name, progress, eta_seconds(total, work, elapsed))
+    return StatusReport(group_id, kind, total, by_name, progress, pace_eta(total, work, pace, now))
 
 
 def job_status(job: JobRecord, now: datetime) -> StatusReport:
@@ -232,6 +256,8 @@ class RerenderReport:
     #: Environment, weights and effective-parameter differences between the two renders.
     differences: list[Difference] = field(default_factory=list)
     timed_out: bool = False
+    #: Why the re-render failed (its error type and message), when it did.
+    error: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -273,8 +299,9 @@ def rerender_report(parent: JobRecord, child: JobRecord, *, timed_out: bool = Fa
     if status == "succeeded" and parent.frames_sha256 is not None:
         match = child.frames_sha256 == parent.frames_sha256
     diffs = differences(parent, child) if status == "succeeded" else []
+    error = f"{child.error_type}: {child.error_message}" if child.error_type else None
     return RerenderReport(
-        parent.id, child.id, status, parent.frames_sha256, child.frames_sha256, match, diffs, timed_out
+        parent.id, child.id, status, parent.frames_sha256, child.frames_sha256, match, diffs, timed_out, error
     )
 
 
@@ -307,3 +334,55 @@ class AuditReport:
         out = asdict(self)
         out["clean"] = self.clean
         return out
+
+
+# -- repair ------------------------------------------------------------------------------------
+
+#: Verdicts of a repaired output.
+MATCH, MISMATCH, FAILED, UNFINISHED = "MATCH", "MISMATCH", "FAILED", "UNFINISHED"
+
+
+@dataclass(frozen=True)
+class RepairItem:
+    """One missing or corrupt output: what was done about it and the verdict."""
+
+    uri: str
+    #: What the audit found: ``missing`` or ``corrupt``.
+    found: str
+    #: Every succeeded job that points at the output (cache hits included).
+    job_ids: list[str]
+    #: The job that was re-rendered (the one that rendered the output).
+    parent_job_id: str
+    #: Where the bad directory was moved (None: there was nothing to move).
+    quarantined_to: str | None
+    rerender_job_id: str | None
+    #: MATCH (same frames, file restored), MISMATCH (other frames), FAILED, UNFINISHED (timeout).
+    verdict: str
+    reason: str
+    differences: list[str] = field(default_factory=list)
+    #: The restored file has other bytes than recorded (same frames, another MP4 encoder build):
+    #: the jobs' ``file_sha256`` was updated, with an event.
+    file_rewritten: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """``farm audit --repair``: the audit before, one item per bad output, the audit after."""
+
+    before: AuditReport
+    items: list[RepairItem]
+    after: AuditReport | None = None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every bad output came back with the same frames and the audit is clean now."""
+        return all(i.verdict == MATCH for i in self.items) and (self.after is None or self.after.clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before.to_dict(), "items": [i.to_dict() for i in self.items],
+                "after": None if self.after is None else self.after.to_dict(), "timed_out": self.timed_out,
+                "ok": self.ok}

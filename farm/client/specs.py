@@ -14,10 +14,11 @@ Torch-free.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from farm.errors import InvalidInput, Problem
+from farm.errors import InvalidInput, Problem, SpecError
 from farm.seeds import random_seed, seed_from_prompt, sweep
 from farm.spec import RenderSpec, SeedStrategy, parse_spec
 
@@ -109,31 +110,43 @@ def build_specs(
     fields: Mapping[str, Any] | None = None,
 ) -> list[RenderSpec]:
     """Checked specs for one request: one per seed (a sweep gives several). ``fields`` are other
-    render spec fields (``width``, ``steps``, ``tags``, ...); ``None`` values are left unset."""
+    render spec fields (``width``, ``steps``, ``tags``, ...); ``None`` values are left unset.
+
+    Every problem is reported at once (one :class:`InvalidInput`): a reserved or unknown field
+    does not hide the rules the other fields break."""
     extra = dict(fields or {})
     reserved = [k for k in RESERVED_FIELDS if k in extra]
-    if reserved:
-        raise InvalidInput(
-            Problem(k, "set_by_client", "is given by its own argument or chosen by the client") for k in reserved
-        )
+    unknown = [k for k in extra if k not in RenderSpec.model_fields and k not in reserved]
+    problems = [Problem(k, "set_by_client", "is given by its own argument or chosen by the client") for k in reserved]
     data: dict[str, Any] = {"prompt": prompt, "priority": priority}
     if model is not None:
         data["model"] = model
-    data.update({k: v for k, v in extra.items() if v is not None})
+    data.update({k: v for k, v in extra.items() if v is not None and k not in reserved and k not in unknown})
     try:
         seeds, strategy = choose_seeds(
             prompt, seed=seed, seed_from_prompt_flag=seed_from_prompt_flag, salt=salt, sweep_of=sweep_of
         )
     except InvalidInput as exc:  # report the spec's own problems too, all at once
-        problems = list(exc.problems)
-        try:
-            parse_spec({**data, "seed": 0})
-        except InvalidInput as spec_exc:
-            problems.extend(p for p in spec_exc.problems if p.field != "seed")
-        raise InvalidInput(problems) from None
-    first = parse_spec({**data, "seed": seeds[0], "seed_strategy": strategy})
+        problems.extend(exc.problems)
+        seeds, strategy = [], "explicit"
+    first: RenderSpec | None = None
+    try:
+        first = parse_spec({**data, "seed": seeds[0] if seeds else 0, "seed_strategy": strategy})
+    except InvalidInput as spec_exc:
+        problems.extend(p for p in spec_exc.problems if seeds or p.field != "seed")
+    problems.extend(Problem(k, "unknown_field", f"is not a render spec field{_hint(k)}") for k in unknown)
+    if problems or first is None:
+        # only the spec's own rules broken (unknown fields included): a SpecError, as from parse_spec
+        spec_only = not reserved and bool(seeds)
+        raise (SpecError if spec_only else InvalidInput)(problems)
     # The other seeds were checked by farm.seeds.sweep: copies differ in the seed only.
     return [first, *(first.model_copy(update={"seed": s}) for s in seeds[1:])]
+
+
+def _hint(name: str) -> str:
+    """`` (did you mean 'steps'?)`` for a misspelt spec field, else empty."""
+    close = difflib.get_close_matches(name, [f for f in RenderSpec.model_fields if f not in RESERVED_FIELDS], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build_spec(

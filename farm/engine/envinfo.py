@@ -91,7 +91,7 @@ def env_digest(fingerprint: dict[str, Any]) -> str:
 
 def environment_fingerprint(*, init_cuda: bool = False) -> dict[str, Any]:
     """The environment a render runs in, as a JSON-ready dict with an ``env_digest``."""
-    from farm.engine.outputs import ffmpeg_version_line
+    from farm.store.encode import ffmpeg_version_line
 
     versions = {name: package_version(name) for name in PACKAGES}
     out: dict[str, Any] = {

@@ -5,7 +5,7 @@ An :class:`Engine` holds one loaded model warm per process (built-in tiny models
 :class:`~farm.engine.placement.Placement` for its offload policy, and renders lists of K compatible
 canonical specs (``RenderSpec.canonical()``) with expert-phase batching
 (:class:`~farm.engine.wan.WanAdapter`). It returns one :class:`RenderResult` per job: the uint8
-frames, their hash (the reproducibility identity, :func:`farm.engine.outputs.frames_sha256`), the
+frames, their hash (the reproducibility identity, :func:`farm.store.encode.frames_sha256`), the
 parameters actually rendered, and statistics.
 
 Out of memory: the batch is retried ``oom_retries`` times (default once) after the caches are
@@ -14,7 +14,7 @@ of the batch allows degradation, it is re-rendered at a degraded size
 (:func:`farm.engine.memory.degrade`, up to ``max_degrade`` halvings) and the results report the
 effective parameters; otherwise :class:`farm.errors.OutOfMemory` is raised. Either way the
 process stays usable: the next render starts clean. Writing video files is not the engine's job
-(:mod:`farm.engine.outputs`).
+(:mod:`farm.store`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import torch
 from farm.determinism import enable_deterministic_kernels
 from farm.engine.components import Components
 from farm.engine.memory import clear_caches, degrade, oom_guard, release_frames, render_context
-from farm.engine.outputs import frames_sha256
 from farm.engine.placement import POLICIES, Placement
 from farm.engine.wan import StepCallback, WanAdapter, check_jobs
 from farm.errors import OutOfMemory, RenderCancelled
 from farm.profiles import get_profile
+from farm.store.encode import frames_sha256
 
 if TYPE_CHECKING:
     from farm.settings import Settings
@@ -53,7 +53,7 @@ class RenderResult:
     index: int
     #: uint8 frames (F, H, W, 3), C-contiguous; None when cancelled.
     frames: np.ndarray | None
-    #: :func:`farm.engine.outputs.frames_sha256` of ``frames``; None when cancelled.
+    #: :func:`farm.store.encode.frames_sha256` of ``frames``; None when cancelled.
     frames_sha256: str | None
     frames_shape: tuple[int, ...] | None
     #: The canonical parameters actually rendered (degraded ones differ from the request).

@@ -262,7 +262,7 @@ def _cached_hash(caches: list[dict[str, dict[str, Any]]], rel: str, stat: _FileS
 
 
 def _save_cache(paths: list[Path], directory: Path, fingerprint: str, entries: dict[str, Any]) -> None:
-    from farm.engine.outputs import write_bytes_atomic
+    from farm.store.files import write_bytes_atomic
 
     payload = {
         "format": FINGERPRINT_CACHE_FORMAT,

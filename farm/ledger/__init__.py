@@ -8,11 +8,22 @@ All database access goes through :class:`Ledger` (``farm.ledger.manager``). Modu
 * ``records`` — frozen snapshots of rows, and :class:`NewJob`;
 * ``db`` — engines and the migration runner (scripts in the repository's ``migrations/``);
 * ``queueing`` — the farm's set-wise queries (dedup, enqueue, claim, workers), used by the gateway;
+* ``outputs`` — the stored outputs' integrity records (what the cache may answer from);
+* ``stats`` — aggregates for monitoring and the pace behind ETAs;
 * ``manager`` — the gateway.
 """
 
 from farm.ledger.manager import Ledger
-from farm.ledger.records import BatchRecord, EventRecord, JobRecord, ModelRecord, NewJob, WorkerRecord
+from farm.ledger.records import (
+    BatchRecord,
+    EventRecord,
+    JobRecord,
+    ModelRecord,
+    NewJob,
+    OutputMark,
+    OutputRecord,
+    WorkerRecord,
+)
 from farm.ledger.status import TERMINAL, TRANSITIONS, WORKER_STATES, JobStatus
 
 __all__ = [
@@ -26,5 +37,7 @@ __all__ = [
     "Ledger",
     "ModelRecord",
     "NewJob",
+    "OutputMark",
+    "OutputRecord",
     "WorkerRecord",
 ]

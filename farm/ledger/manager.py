@@ -43,9 +43,19 @@ from farm.errors import (
     SchemaOutOfDate,
 )
 from farm.ledger import db, stats
+from farm.ledger import outputs as o
 from farm.ledger import queueing as q
-from farm.ledger.models import batches, events, jobs, models, workers
-from farm.ledger.records import BatchRecord, EventRecord, JobRecord, NewJob, WorkerRecord, new_id
+from farm.ledger.models import batches, events, jobs, models, outputs, workers
+from farm.ledger.records import (
+    BatchRecord,
+    EventRecord,
+    JobRecord,
+    NewJob,
+    OutputMark,
+    OutputRecord,
+    WorkerRecord,
+    new_id,
+)
 from farm.ledger.status import PRIORITIES, JobStatus, allowed_from, parse_status
 from farm.ledger.types import utcnow
 from farm.settings import DEFAULT_MAX_ATTEMPTS, Settings, redacted_url
@@ -226,24 +236,27 @@ class Ledger:
         )
 
     # -- adding jobs ---------------------------------------------------------------------------
-    def add_jobs(self, new_jobs: Sequence[NewJob]) -> list[str]:
+    def add_jobs(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None) -> list[str]:
         """Add jobs (queued) in one transaction, with one "created" event each; returns their ids.
         Dedup applies (see :mod:`farm.ledger.queueing`): cache hits end succeeded at once
-        (event "cache-hit"), followers stay queued behind their leader and are never enqueued."""
+        (event "cache-hit") from outputs in state ``ok`` that ``output_ok`` (if given) vouches
+        for; followers stay queued behind their leader and are never enqueued."""
         if not new_jobs:
             return []
         with self._write() as conn:
             q.lock_dedup(conn)
-            return self._insert_jobs(conn, new_jobs)
+            return self._insert_jobs(conn, new_jobs, output_ok)
 
-    def add_job(self, new_job: NewJob) -> str:
-        return self.add_jobs([new_job])[0]
+    def add_job(self, new_job: NewJob, *, output_ok: o.OutputFilter | None = None) -> str:
+        return self.add_jobs([new_job], output_ok=output_ok)[0]
 
     def create_batch(
-        self, manifest_digest: str, name: str, source_name: str, new_jobs: Sequence[NewJob]
+        self, manifest_digest: str, name: str, source_name: str, new_jobs: Sequence[NewJob], *,
+        output_ok: o.OutputFilter | None = None,
     ) -> tuple[str, bool]:
         """Write a batch and all its jobs in one transaction: ``(batch_id, True)``. If a batch with
-        this manifest digest exists, write nothing and return ``(existing_id, False)``."""
+        this manifest digest exists, write nothing and return ``(existing_id, False)``. Dedup as
+        in :meth:`add_jobs`."""
         by_digest = select(batches.c.id).where(batches.c.manifest_digest == manifest_digest)
         try:
             with self._write() as conn:
@@ -262,7 +275,7 @@ class Ledger:
                         job_count=len(new_jobs),
                     )
                 )
-                self._insert_jobs(conn, [replace(j, batch_id=batch_id) for j in new_jobs])
+                self._insert_jobs(conn, [replace(j, batch_id=batch_id) for j in new_jobs], output_ok)
                 return batch_id, True
         except sa_exc.IntegrityError:
             # Another producer committed the same digest between our check and our insert.
@@ -272,10 +285,11 @@ class Ledger:
                 raise
             return existing, False
 
-    def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob]) -> list[str]:
+    def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob],
+                     output_ok: o.OutputFilter | None) -> list[str]:
         """Insert with dedup, inside a write transaction that holds the dedup lock."""
         now = self._now()
-        plan = q.plan_dedup(conn, new_jobs)
+        plan = q.plan_dedup(conn, new_jobs, output_ok)
         q.insert_jobs(conn, new_jobs, plan, now)
         hits = [(j.id, d.original) for j, d in zip(new_jobs, plan, strict=True) if d.original is not None]
         self._answer_queued(conn, hits)
@@ -351,8 +365,10 @@ class Ledger:
         status: JobStatus | str | None = None,
         limit: int = 100,
         offset: int = 0,
+        starred: bool | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first (ties by id), optionally of one batch and/or one status."""
+        """Jobs, newest first (ties by id), optionally of one batch, one status and/or only the
+        starred (``starred=True``) or only the unstarred (``starred=False``) ones."""
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         query = select(jobs)
@@ -360,6 +376,8 @@ class Ledger:
             query = query.where(jobs.c.batch_id == batch_id)
         if status is not None:
             query = query.where(jobs.c.status == parse_status(str(status)).value)
+        if starred is not None:
+            query = query.where(jobs.c.starred == starred)
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
         with self._read() as conn:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
@@ -390,6 +408,11 @@ class Ledger:
             found = {JobStatus(s): int(n) for s, n in conn.execute(query)}
         return {s: found.get(s, 0) for s in JobStatus}
 
+    def pace(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> stats.Pace:
+        """Counts, progress and rendering pace of one batch or of the jobs ``job_ids``."""
+        with self._read() as conn:
+            return stats.pace(conn, batch_id=batch_id, job_ids=None if job_ids is None else list(job_ids))
+
     def events(self, job_id: str) -> list[EventRecord]:
         """The job's trail, oldest first. Raises :class:`JobNotFound` for an unknown job."""
         with self._read() as conn:
@@ -398,15 +421,62 @@ class Ledger:
             query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
             return [EventRecord.from_row(r) for r in conn.execute(query).mappings()]
 
-    def find_succeeded_by_key(self, job_key: str, weights_fingerprint: str | None = None) -> JobRecord | None:
-        """The most recently finished succeeded job with this key (and these weights, if given)."""
-        query = select(jobs).where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value)
+    def find_cache_original(
+        self, job_key: str, weights_fingerprint: str | None = None
+    ) -> tuple[JobRecord, OutputRecord] | None:
+        """The most recently finished succeeded job with this key (and these weights, if given)
+        whose output is in state ``ok``, with that output's record: what a cache hit may answer
+        from (after checking the file)."""
+        query = (
+            select(jobs, *q.output_columns())
+            .join(outputs, outputs.c.uri == jobs.c.output_uri)
+            .where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value, outputs.c.state == "ok")
+        )
         if weights_fingerprint is not None:
             query = query.where(jobs.c.weights_fingerprint == weights_fingerprint)
         query = query.order_by(jobs.c.finished_at.desc(), jobs.c.id).limit(1)
         with self._read() as conn:
             row = conn.execute(query).mappings().first()
-        return None if row is None else JobRecord.from_row(row)
+        return None if row is None else (JobRecord.from_row(row), q.output_record(row))
+
+    # -- outputs -------------------------------------------------------------------------------
+    def output(self, uri: str) -> OutputRecord | None:
+        """The integrity record of a stored output (None: never recorded)."""
+        with self._read() as conn:
+            return o.get(conn, uri)
+
+    def outputs_of(self, uris: Sequence[str]) -> dict[str, OutputRecord]:
+        with self._read() as conn:
+            return o.by_uri(conn, uris)
+
+    def mark_outputs(self, marks: Sequence[OutputMark]) -> list[str]:
+        """Record what output checks found (``ok`` refreshes the verified stamp; ``missing`` and
+        ``corrupt`` keep the cache off the file); the URIs whose state changed, each change an
+        event on the jobs that point at it. See :mod:`farm.ledger.outputs`."""
+        if not marks:
+            return []
+        with self._write() as conn:
+            return o.mark(conn, marks, self._now())
+
+    def replace_output_hash(self, uri: str, file_sha256: str, *, reason: str) -> list[str]:
+        """A repair wrote new bytes for the same frames (another ffmpeg build): the output's and its
+        jobs' ``file_sha256`` become the new file's (each job gets an ``output-rewritten`` event
+        with the old and new hash). Returns the ids of the jobs changed."""
+        now = self._now()
+        with self._write() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.file_sha256).where(
+                    jobs.c.output_uri == uri, jobs.c.status == JobStatus.SUCCEEDED.value,
+                    jobs.c.file_sha256 != file_sha256)
+            ).all()
+            for job_id, old in rows:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(file_sha256=file_sha256))
+                conn.execute(insert(events).values(
+                    job_id=job_id, at=now, from_status=JobStatus.SUCCEEDED.value,
+                    to_status=JobStatus.SUCCEEDED.value, kind="output-rewritten", worker=None,
+                    detail={"uri": uri, "old_file_sha256": old, "new_file_sha256": file_sha256, "reason": reason}))
+            conn.execute(update(outputs).where(outputs.c.uri == uri).values(file_sha256=file_sha256))
+            return [job_id for job_id, _ in rows]
 
     # -- the one door for status changes -------------------------------------------------------
     def transition(
@@ -622,12 +692,16 @@ class Ledger:
         env_fingerprint: Mapping[str, Any],
         timings: Mapping[str, Any],
         worker_host: str | None = None,
+        size_bytes: int | None = None,
     ) -> JobRecord:
         """running -> succeeded with the render's results. With ``worker_host``, only if that
         worker still owns the job (else :class:`IllegalTransition`, nothing written). The job's
-        queued followers are answered from it in the same transaction."""
+        queued followers are answered from it in the same transaction. The output is recorded
+        ``ok`` (verified now: its writer just wrote or checked it)."""
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
+            o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
+                             size_bytes=size_bytes, now=self._now())
             self._transition(
                 conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host,
                 detail={"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256},

@@ -1,5 +1,6 @@
-"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs``, the append-only ``events``, and
-the farm's ``models`` (weights fingerprints, for cache hits) and ``workers`` (liveness).
+"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs``, the append-only ``events``, the
+farm's ``models`` (weights fingerprints, for cache hits) and ``workers`` (liveness), and
+``outputs`` (each stored file's integrity state: what the cache may answer from).
 
 This metadata is what Alembic compares the migrated database against (``farm db check`` and the
 migration tests): a change here needs a migration in ``migrations/versions``.
@@ -27,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 
-from farm.ledger.status import PRIORITIES, WORKER_STATES, JobStatus
+from farm.ledger.status import OUTPUT_STATES, PRIORITIES, WORKER_STATES, JobStatus
 from farm.ledger.types import UTCDateTime, json_doc
 
 #: Constraint names are derived from these templates, identically in the models and migrations.
@@ -187,4 +188,26 @@ workers = Table(
     CheckConstraint(
         "consecutive_failures >= 0 AND jobs_succeeded >= 0 AND jobs_failed >= 0", name="counters_non_negative"
     ),
+)
+
+#: One row per stored output file (jobs point at it by ``output_uri``; cache hits share their
+#: original's). ``state`` says whether the cache may answer from it: a writer records ``ok``, a
+#: check (``farm audit``, a worker about to answer a cache hit) records what it found.
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("uri", Text, primary_key=True),
+    #: The file's sha256 as last written (a repair may write new bytes for the same frames).
+    Column("file_sha256", String(SHA256_HEX_CHARS), nullable=False),
+    Column("frames_sha256", String(SHA256_HEX_CHARS), nullable=True),
+    #: NULL when unknown (outputs recorded before this table existed): the next check hashes it.
+    Column("size_bytes", BigInteger, nullable=True),
+    Column("state", String(STATUS_CHARS), nullable=False),
+    #: When the file's bytes were last seen to match (written, or hashed by a check).
+    Column("verified_at", UTCDateTime(), nullable=True),
+    Column("checked_at", UTCDateTime(), nullable=False),
+    #: Why the last check found it missing or corrupt.
+    Column("detail", json_doc(), nullable=True),
+    CheckConstraint(_in_list("state", OUTPUT_STATES), name="state"),
+    CheckConstraint("size_bytes IS NULL OR size_bytes >= 0", name="size_non_negative"),
 )

@@ -8,7 +8,8 @@ changes a job's status — that is the gateway's ``_transition``.
 Dedup (see ``docs/farm-design.md``): for each new job with ``no_cache`` false, in call order,
 
 1. *cache hit* — the model has a registered weights fingerprint F and a succeeded job with the same
-   ``job_key`` rendered with F exists: the new job is answered from it;
+   ``job_key`` rendered with F exists whose output is in state ``ok`` (and, when the producer
+   passes ``output_ok``, passes its quick look at the file): the new job is answered from it;
 2. *follower* — else a queued or running non-follower job with the same ``job_key`` (in the
    ledger, or earlier in the same call) is its *leader*;
 3. else a normal job (and the leader of later jobs with its key in the same call).
@@ -21,7 +22,7 @@ shared, so a follower is never added to a leader that has just finished.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -30,8 +31,8 @@ from sqlalchemy import Select, bindparam, case, insert, literal, select, text, u
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
-from farm.ledger.models import events, jobs, models, workers
-from farm.ledger.records import NewJob
+from farm.ledger.models import events, jobs, models, outputs, workers
+from farm.ledger.records import NewJob, OutputRecord
 from farm.ledger.status import INITIAL, WORKER_STATES, JobStatus
 from farm.ledger.types import UTCDateTime
 
@@ -106,8 +107,13 @@ class Decision:
 NEW = Decision("new")
 
 
-def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob]) -> list[Decision]:
-    """One :class:`Decision` per new job (same order). Call under :func:`lock_dedup`."""
+def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob],
+               output_ok: Callable[[OutputRecord], bool] | None = None) -> list[Decision]:
+    """One :class:`Decision` per new job (same order). Call under :func:`lock_dedup`.
+
+    Only outputs in state ``ok`` answer cache hits, and, with ``output_ok``, only those it vouches
+    for (a producer's quick look at the file); the others leave the job to a worker, which checks
+    the file thoroughly before answering from it."""
     keys = sorted({j.job_key for j in new_jobs if not j.no_cache})
     if not keys:
         return [NEW] * len(new_jobs)
@@ -119,19 +125,29 @@ def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob]) -> list[Decision]:
         wanted = set(fingerprints.values())
         # Rendered jobs before cache hits (the root output), then the most recent.
         order = [case((jobs.c.cache_of_job_id.is_(None), 0), else_=1), jobs.c.finished_at.desc(), jobs.c.id]
-        columns = [jobs.c.id, jobs.c.job_key, *(jobs.c[name] for name in OUTPUT_COLUMNS)]
+        columns = [jobs.c.id, jobs.c.job_key, *(jobs.c[name] for name in OUTPUT_COLUMNS), *output_columns()]
+        vouched: dict[str, bool] = {}
         for part in chunks(keys):
             query = (
                 select(*columns)
+                .join(outputs, outputs.c.uri == jobs.c.output_uri)
                 .where(
                     jobs.c.job_key.in_(part),
                     jobs.c.status == JobStatus.SUCCEEDED.value,
                     jobs.c.weights_fingerprint.in_(wanted),
+                    outputs.c.state == "ok",
                 )
                 .order_by(*order)
             )
             for row in conn.execute(query).mappings():
-                originals.setdefault((row["job_key"], row["weights_fingerprint"]), dict(row))
+                found = (row["job_key"], row["weights_fingerprint"])
+                if found in originals:
+                    continue
+                uri = row["output_uri"]
+                if uri not in vouched:
+                    vouched[uri] = output_ok is None or output_ok(output_record(row))
+                if vouched[uri]:
+                    originals[found] = {name: row[name] for name in ("id", "job_key", *OUTPUT_COLUMNS)}
     leaders: dict[str, str] = {}
     for part in chunks(keys):
         query = (
@@ -162,6 +178,16 @@ def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob]) -> list[Decision]:
             plan.append(NEW)
             leaders[job.job_key] = job.id
     return plan
+
+
+def output_columns() -> list[Any]:
+    """The ``outputs`` columns, labelled ``out_<name>`` (for joins with ``jobs``)."""
+    return [column.label(f"out_{column.name}") for column in outputs.c]
+
+
+def output_record(row: Mapping[Any, Any]) -> OutputRecord:
+    """An :class:`OutputRecord` from a row selected with :func:`output_columns`."""
+    return OutputRecord.from_row({column.name: row[f"out_{column.name}"] for column in outputs.c})
 
 
 def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime) -> None:
@@ -389,8 +415,9 @@ def claimable_ids(conn: Connection, compat_key: str, *, limit: int, priority: st
 # -- workers and models --------------------------------------------------------------------------
 
 
-def _upsert(conn: Connection, table: Any, values: Mapping[str, Any], key: str,
-            update_values: Mapping[str, Any]) -> None:
+def upsert(conn: Connection, table: Any, values: Mapping[str, Any], key: str,
+           update_values: Mapping[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, on Postgres and SQLite."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
@@ -408,13 +435,10 @@ def upsert_worker(conn: Connection, values: Mapping[str, Any]) -> None:
     if values["state"] != "starting":
         started = literal(values["started_at"], UTCDateTime())
         changed["started_at"] = case((table.c.pid != values["pid"], started), else_=table.c.started_at)
-    _upsert(conn, table, values, "name", changed)
+    upsert(conn, table, values, "name", changed)
 
 
 def upsert_model(conn: Connection, values: Mapping[str, Any]) -> None:
     changed = {name: value for name, value in values.items() if name != "name"}
-    _upsert(conn, models, values, "name", changed)
+    upsert(conn, models, values, "name", changed)
 
-
-def distinct(ids: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(ids))

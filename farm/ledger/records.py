@@ -253,3 +253,42 @@ class ModelRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One row of the ``outputs`` table: a stored file and its integrity state."""
+
+    uri: str
+    file_sha256: str
+    frames_sha256: str | None
+    size_bytes: int | None
+    state: str
+    verified_at: datetime | None
+    checked_at: datetime
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> OutputRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class OutputMark:
+    """What a check found about one output, to record (:meth:`Ledger.mark_outputs`)."""
+
+    uri: str
+    state: str
+    #: The sha256 the check compared against (the record's).
+    expected_sha256: str
+    detail: str = ""
+    #: The file's sha256 and size as the check found them (None: not hashed / not found).
+    actual_sha256: str | None = None
+    size_bytes: int | None = None

@@ -6,9 +6,9 @@ Plain functions on a Connection; :class:`farm.ledger.Ledger` exposes them (``sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
 from farm.ledger.models import jobs, workers
@@ -77,3 +77,49 @@ def snapshot(conn: Connection, now: datetime) -> LedgerSnapshot:
         if isinstance(seconds, int | float) and seconds >= 0:
             snap.render_seconds.setdefault(str(model), []).append(float(seconds))
     return snap
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a group of jobs (a batch, or a list of ids) is going: what ``farm status``/``wait``
+    compute progress and an ETA from."""
+
+    counts: dict[str, int]
+    #: Sum of the progress (0..1) of the running jobs.
+    running_progress: float
+    #: Finished jobs a worker rendered (not cache hits or followers answered without a render).
+    rendered_done: int
+    #: When the first of the group's rendered jobs was claimed (None: none has started).
+    first_started_at: datetime | None
+    #: Workers that rendered (or are rendering) the group's jobs.
+    workers: int
+
+
+def pace(conn: Connection, *, batch_id: str | None = None, job_ids: list[str] | None = None) -> Pace:
+    """The :class:`Pace` of one batch, or of the jobs ``job_ids`` (one query per chunk of ids)."""
+    rendered = jobs.c.cache_of_job_id.is_(None) & jobs.c.started_at.is_not(None)
+    finished = jobs.c.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value])
+    running = jobs.c.status == JobStatus.RUNNING.value
+    columns = [
+        jobs.c.status, func.count(),
+        func.coalesce(func.sum(case((running, jobs.c.progress), else_=0.0)), 0.0),
+        func.sum(case((rendered & finished, 1), else_=0)),
+        func.min(case((rendered, jobs.c.started_at), else_=None)),
+    ]
+    ids = job_ids or []
+    wheres = [[jobs.c.batch_id == batch_id]] if batch_id is not None else [
+        [jobs.c.id.in_(ids[i : i + 5000])] for i in range(0, len(ids), 5000)]
+    counts = {s.value: 0 for s in JobStatus}
+    progress, done, first = 0.0, 0, None
+    hosts: set[str] = set()
+    for where in wheres:
+        for status, n, prog, rdone, started in conn.execute(select(*columns).where(*where).group_by(jobs.c.status)):
+            counts[status] += int(n)
+            progress += float(prog or 0.0)
+            done += int(rdone or 0)
+            if started is not None:
+                started = started if started.tzinfo is not None else started.replace(tzinfo=UTC)
+                first = started if first is None else min(first, started)
+        query = select(jobs.c.worker_host).where(*where, rendered, jobs.c.worker_host.is_not(None)).distinct()
+        hosts.update(h for (h,) in conn.execute(query))
+    return Pace(counts, progress, done, first, len(hosts))

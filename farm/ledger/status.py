@@ -80,3 +80,7 @@ PRIORITIES: tuple[str, ...] = ("interactive", "batch")
 
 #: States a worker reports in the ``workers`` table.
 WORKER_STATES: tuple[str, ...] = ("starting", "idle", "busy", "circuit_open", "stopped")
+
+
+#: States of a stored output (``outputs.state``): only ``ok`` outputs answer cache hits.
+OUTPUT_STATES: tuple[str, ...] = ("ok", "missing", "corrupt")

@@ -124,6 +124,11 @@ def _read_yaml(text: str, source: str) -> Manifest:
         ) from None
     except yaml.YAMLError as exc:
         raise ManifestError.one("manifest", "yaml_syntax", f"not valid YAML: {exc}", source) from None
+    except RecursionError:
+        # The pure-Python parser and composer recurse once per nesting level; libyaml (PyYAML
+        # 6.0.4+) refuses very deep flow nesting itself, as a YAML error (above). Either way the
+        # content is deeper than MAX_NESTING long before the stack runs out.
+        raise ManifestError.one("manifest", "max_size", f"is nested deeper than {MAX_NESTING} levels", source) from None
     finally:
         loader.dispose()
     if data is None:

@@ -16,10 +16,12 @@ Torch-free; never imports the task module (messages are sent by task name).
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from kombu.exceptions import KombuError
 from tenacity import (
@@ -28,6 +30,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
+    stop_before_delay,
     wait_exponential,
     wait_random,
 )
@@ -35,7 +38,7 @@ from tenacity.stop import stop_base
 
 from farm.errors import BrokerUnavailable, TransientError
 from farm.ledger.types import utcnow
-from farm.queue.app import get_app
+from farm.queue.app import BROKER_CONNECT_TIMEOUT_S, get_app
 from farm.queue.names import TASK_RENDER, queue_for
 from farm.settings import Settings, get_settings, redacted_url
 
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Messages sent per Redis pipeline (also the unit of re-sending after a broker error).
 SEND_CHUNK = 500
+#: Port of a redis:// URL that names none.
+DEFAULT_REDIS_PORT = 6379
 #: The producer's connection must not replay writes on a timeout, or kombu refuses to pipeline.
 PRODUCER_TRANSPORT_OPTIONS = {"retry_on_timeout": False}
 
@@ -63,16 +68,20 @@ def _log_retry(what: str) -> Any:
 
 
 def retrying(
-    settings: Settings, *, what: str, attempts: int | None = None, min_total_s: float | None = None
+    settings: Settings, *, what: str, attempts: int | None = None, min_total_s: float | None = None,
+    max_total_s: float | None = None,
 ) -> Retrying:
     """Retry :class:`~farm.errors.TransientError` with exponential backoff (``retry_base_s``
     doubling), jitter (up to ``retry_base_s``) and a cap (``retry_cap_s``), ``retry_count`` times
     (or ``attempts``). With ``min_total_s``, keep retrying at least that long (recording a finished
-    render survives a ledger outage of that length). Other errors are raised at once."""
+    render survives a ledger outage of that length); with ``max_total_s``, stop once that long has
+    passed (a producer reports back within seconds). Other errors are raised at once."""
     count = settings.retry_count if attempts is None else attempts
     stop: stop_base = stop_after_attempt(count + 1)
     if min_total_s is not None:
         stop = stop_after_attempt(count + 1) & stop_after_delay(min_total_s)
+    if max_total_s is not None:
+        stop = stop | stop_before_delay(max_total_s)  # (no attempt starts past the budget)
     return Retrying(
         retry=retry_if_exception_type(TransientError),
         stop=stop,
@@ -89,6 +98,20 @@ def _broker_errors(app: Celery) -> tuple[type[BaseException], ...]:
     return tuple(dict.fromkeys(found))
 
 
+def check_reachable(url: str, timeout_s: float) -> None:
+    """Fail fast when a Redis broker does not accept TCP connections: redis-py retries a refused
+    connect with backoff (seconds per message), which a producer reporting back must not wait
+    for. :class:`~farm.errors.BrokerUnavailable` when unreachable; other brokers are not checked."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
+    host, port = parts.hostname or "127.0.0.1", parts.port or DEFAULT_REDIS_PORT
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BrokerUnavailable(f"broker {redacted_url(url)} unreachable: {exc}") from exc
+
+
 def enqueue_jobs(
     ledger: Ledger,
     jobs: Sequence[tuple[str, str]],
@@ -96,12 +119,14 @@ def enqueue_jobs(
     app: Celery | None = None,
     settings: Settings | None = None,
     attempts: int | None = None,
+    max_total_s: float | None = None,
 ) -> int:
     """Send one ``farm.render`` message per ``(job_id, priority)`` (jobs already committed in the
     ledger), then mark them enqueued. Returns how many were sent. Raises
     :class:`~farm.errors.BrokerUnavailable` when the broker stays unreachable through the retries
-    (``attempts``, default ``FARM_RETRY_COUNT``); the jobs sent before that are marked."""
-    sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts)
+    (``attempts``, default ``FARM_RETRY_COUNT``; at most ``max_total_s`` seconds); the jobs sent
+    before that are marked."""
+    sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts, max_total_s=max_total_s)
     if error is not None:
         raise error
     return len(sent)
@@ -114,6 +139,7 @@ def send_jobs(
     app: Celery | None = None,
     settings: Settings | None = None,
     attempts: int | None = None,
+    max_total_s: float | None = None,
 ) -> tuple[list[str], BrokerUnavailable | None]:
     """:func:`enqueue_jobs` that reports instead of raising: the ids sent (and marked enqueued),
     and the broker error that stopped it, if any."""
@@ -127,6 +153,8 @@ def send_jobs(
     remaining = list(jobs)
 
     def send_remaining() -> None:
+        if max_total_s is not None:
+            check_reachable(str(app.conf.broker_url), min(BROKER_CONNECT_TIMEOUT_S, max_total_s))
         # One producer connection; on Redis, each chunk goes out as one pipeline (kombu's publish
         # batch, which needs a connection that does not replay writes on timeout). A chunk counts
         # as sent only once its pipeline is flushed; a chunk cut short is sent again whole on the
@@ -147,7 +175,8 @@ def send_jobs(
 
     error: BrokerUnavailable | None = None
     try:
-        for attempt in retrying(settings, what=f"sending {len(remaining)} job message(s)", attempts=attempts):
+        for attempt in retrying(settings, what=f"sending {len(remaining)} job message(s)", attempts=attempts,
+                                max_total_s=max_total_s):
             with attempt:
                 send_remaining()
     except BrokerUnavailable as exc:

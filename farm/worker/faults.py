@@ -36,7 +36,10 @@ SLEEP_SLICE_S = 0.1
 
 
 class InjectedFailure(ExpectedError):
-    """The permanent error a ``fault: fail`` job raises."""
+    """The permanent error a ``fault: fail`` job raises: it plays a worker that fails whatever it
+    renders (a broken driver), so it counts towards the circuit breaker."""
+
+    worker_fault = True
 
 
 def parse_fault(value: str) -> tuple[str, float]:

@@ -131,8 +131,8 @@ class WorkerRuntime:
             return self._runner
 
     def _build_runner(self) -> JobRunner:
-        from farm.engine.outputs import OutputStore
         from farm.engine.render import Engine
+        from farm.store import OutputStore
         from farm.worker.faults import make_hook
 
         s = self.settings
@@ -183,7 +183,7 @@ class WorkerRuntime:
         except (TransientError, ExpectedError):
             raise
         except Exception as exc:  # a bug: count it, so that a worker that always fails stops consuming
-            self._count([Outcome(job_id, FAILED, None, f"{type(exc).__name__}: {exc}")])
+            self._count([Outcome(job_id, FAILED, None, f"{type(exc).__name__}: {exc}", worker_fault=True)])
             raise
         self._after(outcomes)
         return outcomes
@@ -230,14 +230,17 @@ class WorkerRuntime:
         self._count(outcomes)
 
     def _count(self, outcomes: list[Outcome]) -> None:
-        """The circuit breaker's count: failed jobs in a row (a success resets it)."""
+        """The circuit breaker's count: jobs failed in a row *by this worker's fault* (a success
+        resets it; a job's own problem, such as a refused output location, neither counts nor
+        resets: it says nothing about the worker)."""
         for o in outcomes:
             if o.outcome in (SUCCEEDED, CACHE_HIT):
                 self.consecutive_failures = 0
                 self.jobs_succeeded += 1
             elif o.outcome in (FAILED, RETRY):
-                self.consecutive_failures += 1
                 self.jobs_failed += 1
+                if o.worker_fault:
+                    self.consecutive_failures += 1
         limit = self.settings.circuit_breaker_failures
         if self.consecutive_failures >= limit and not self.circuit_open:
             last = next((o.error for o in reversed(outcomes) if o.error), "")
@@ -317,6 +320,7 @@ class WorkerRuntime:
         log.info("farm worker %s: device %s (torch device %s, CUDA_VISIBLE_DEVICES=%r), queues %s, lease %d s",
                  self.config.hostname, self.config.device, self.settings.device, visible,
                  ", ".join(self.config.queues), self.settings.lease_s)
+        self._clean_store()
         if self.state == "starting":
             self._set_state("idle")
         port = self.settings.worker_metrics_port
@@ -330,6 +334,18 @@ class WorkerRuntime:
             thread = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _clean_store(self) -> None:
+        """Remove the temporary files of writers that died (a crashed worker leaves them)."""
+        from farm.store import OutputStore
+
+        try:
+            removed = OutputStore(self.settings.outputs_path).clean_temp()
+        except OSError as exc:
+            log.warning("output store: temporary files not cleaned (%s)", exc)
+            return
+        if removed:
+            log.info("output store: removed %d temporary entr(y/ies) left by dead writers", removed)
 
     def _every(self, interval: float, fn: Callable[[], object]) -> None:
         """Call ``fn`` every ``interval`` seconds (jittered, so that workers started together do

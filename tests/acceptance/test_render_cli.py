@@ -156,3 +156,18 @@ def test_same_job_again_is_a_cache_hit_unless_no_cache(tmp_path: Path) -> None:
     with Ledger(f"sqlite:///{data_dir / 'ledger.sqlite3'}") as ledger:
         assert [e.kind for e in ledger.events(again["job_id"])][-1] == "cache-hit"
         assert (ledger.get_job(forced["job_id"]).timings or {}).get("render_s", 0) > 0
+
+
+def test_a_second_identical_render_says_it_is_a_cache_hit(tmp_path: Path) -> None:
+    """What a person sees: the second identical `farm render` says, right under the job line, that
+    it was answered from the first job without rendering; the first one shows its render timing."""
+    data_dir = tmp_path / "d"
+    first = run_farm(["render", "a paper boat in the rain", "--seed", "3", "--steps", "2"], data_dir)
+    second = run_farm(["render", "a paper boat in the rain", "--seed", "3", "--steps", "2"], data_dir)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    first_job = first.stdout.splitlines()[0].split()[1]
+    assert "cache " not in first.stdout and "timing   render" in first.stdout
+    lines = second.stdout.splitlines()
+    assert lines[1].startswith(f"cache    hit: answered from job {first_job} without rendering"), second.stdout
+    assert "timing" not in second.stdout
+    assert lines[2] == first.stdout.splitlines()[1]  # the same video

@@ -46,8 +46,8 @@ def ledger(pg_url: str) -> Iterator[Ledger]:
 
 def render(ledger: Ledger, settings: Settings, engine: Any, job_id: str) -> None:
     """Run a queued job through the real runner, as a worker does."""
-    from farm.engine.outputs import OutputStore
     from farm.runner import JobRunner, worker_identity
+    from farm.store import OutputStore
 
     runner = JobRunner(ledger=ledger, engine=engine, store=OutputStore(settings.outputs_path),
                        worker_host=worker_identity("cpu"), worker_device="cpu", lease_s=60, heartbeat_s=5)

@@ -8,10 +8,12 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from api_helpers import PrivateRedis, count_rows, queue_lengths, queued_job_ids
 from fastapi.testclient import TestClient
 
 from farm.api.schemas import SPEC_FIELDS, RenderRequest
+from farm.errors import InvalidInput, SpecError
 from farm.ledger import JobStatus, Ledger
 from farm.spec import RenderSpec
 
@@ -82,6 +84,54 @@ def test_bad_idempotency_key_is_refused(http: TestClient, redis_server: PrivateR
     r = http.post("/v1/jobs", json={"prompt": "a fox", "seed": 1}, headers={"Idempotency-Key": "k" * 201})
     assert r.status_code == 422
     assert problems(r) == [("Idempotency-Key", "idempotency_key")]
+    assert_nothing_written(pg_url, redis_server)
+
+
+def test_every_problem_is_listed_even_with_an_unknown_field(
+    http: TestClient, redis_server: PrivateRedis, pg_url: str
+) -> None:
+    # an unknown field (a shape error FastAPI finds first) must not hide the spec rules
+    body = {"prompt": "a fox", "seed": 1, "colour": "red", "width": 33, "steps": 0}
+    r = http.post("/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert sorted(problems(r)) == [("colour", "unknown_field"), ("steps", "steps_range"), ("width", "multiple_of_16")]
+    for p in r.json()["problems"]:
+        assert p["message"], p
+    assert_nothing_written(pg_url, redis_server)
+
+    # the same with a wrong JSON type, a missing prompt and a bad Idempotency-Key on top
+    body = {"seed": 1, "colour": "red", "width": 33, "steps": 0, "height": 32.0}
+    r = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k" * 201})
+    assert r.status_code == 422, r.text
+    assert sorted(problems(r)) == [
+        ("Idempotency-Key", "idempotency_key"), ("colour", "unknown_field"), ("height", "type"),
+        ("prompt", "required"), ("steps", "steps_range"), ("width", "multiple_of_16"),
+    ]
+    assert_nothing_written(pg_url, redis_server)
+
+    # and with a well-formed body: the header's problem and the spec's are listed together
+    r = http.post("/v1/jobs", json={"prompt": "a fox", "seed": 1, "width": 33}, headers={"Idempotency-Key": ""})
+    assert r.status_code == 422, r.text
+    assert sorted(problems(r)) == [("Idempotency-Key", "idempotency_key"), ("width", "multiple_of_16")]
+    assert_nothing_written(pg_url, redis_server)
+
+
+def test_python_client_lists_every_problem_even_with_an_unknown_keyword(
+    http: TestClient, redis_server: PrivateRedis, pg_url: str
+) -> None:
+    client = http.app.state.client  # type: ignore[attr-defined]  # the API's own farm.client.Client
+    with pytest.raises(SpecError) as info:
+        client.submit("a fox", seed=1, colour="red", width=33, steps=0)
+    assert sorted((p.field, p.rule) for p in info.value.problems) == [
+        ("colour", "unknown_field"), ("steps", "steps_range"), ("width", "multiple_of_16")]
+    # a reserved keyword and a seed-source conflict hide nothing either, nor do rules of the model
+    with pytest.raises(InvalidInput) as many:
+        client.submit("a fox", seed=1, seed_from_prompt=True, seed_strategy="pool", stpes=3,
+                      model="tiny-dense", guidance_scale_2=3.0)
+    assert sorted((p.field, p.rule) for p in many.value.problems) == [
+        ("guidance_scale_2", "two_expert_only"), ("seed_from_prompt", "one_seed_source"),
+        ("seed_strategy", "set_by_client"), ("stpes", "unknown_field")]
+    assert "did you mean 'steps'" in str(many.value)
     assert_nothing_written(pg_url, redis_server)
 
 

@@ -16,11 +16,11 @@ from engine_helpers import EXPERTS, make_canon
 
 from farm.engine import tiny as tiny_module
 from farm.engine.components import Components
-from farm.engine.outputs import frames_sha256
 from farm.engine.placement import POLICIES, Placement, Transfer
 from farm.engine.render import Engine
 from farm.engine.wan import WanAdapter
 from farm.profiles import get_profile
+from farm.store.encode import frames_sha256
 
 #: Expert swaps per solo two-expert job, by policy.
 SWAPS_PER_JOB = {"none": 0, "model": 2, "expert": 2, "sequential": 2}

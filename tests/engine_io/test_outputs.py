@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from farm.engine import outputs as O
-from farm.engine.outputs import OutputStore, frames_sha256
-from farm.errors import StorageError
+from farm.errors import OutputRefused, StorageError
+from farm.store import OutputStore
+from farm.store import encode as E
+from farm.store import files as F
+from farm.store import layout as L
+from farm.store.encode import frames_sha256
 
 JOB_KEY = "ab" * 32
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,15 +79,15 @@ def test_frames_sha256_depends_on_content_shape_and_dtype() -> None:
 
 def test_check_frames_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        O.check_frames(np.zeros((1, 4, 4, 3), dtype=np.float32))
+        E.check_frames(np.zeros((1, 4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="shape"):
-        O.check_frames(np.zeros((4, 4, 3), dtype=np.uint8))
+        E.check_frames(np.zeros((4, 4, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="shape"):
-        O.check_frames(np.zeros((1, 4, 4, 4), dtype=np.uint8))
+        E.check_frames(np.zeros((1, 4, 4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match="at least one frame"):
-        O.check_frames(np.zeros((0, 4, 4, 3), dtype=np.uint8))
+        E.check_frames(np.zeros((0, 4, 4, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="numpy"):
-        O.check_frames([[1, 2, 3]])
+        E.check_frames([[1, 2, 3]])
 
 
 # -- bit-exact MP4 across processes ------------------------------------------------------------
@@ -98,7 +101,7 @@ if cpus != "all":
     os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 sys.path.insert(0, sys.argv[3])
 from test_outputs import noisy_frames
-from farm.engine.outputs import OutputStore
+from farm.store import OutputStore
 stored = OutputStore(Path(sys.argv[1])).put_render(noisy_frames(17, 64, 96), 16, "ab" * 32, "mp4+frames")
 print(json.dumps({"file": stored.file_sha256, "frames": stored.frames_sha256, "id": stored.output_id,
                   "poster": __import__("hashlib").sha256(stored.poster_path.read_bytes()).hexdigest(),
@@ -192,13 +195,13 @@ def test_poster_is_the_middle_frame_without_metadata(tmp_path: Path) -> None:
     b = OutputStore(tmp_path / "b").put_render(frames, 8, "cd" * 32)
     data = a.poster_path.read_bytes()
     assert data == b.poster_path.read_bytes()
-    assert data == O.png_bytes(frames[4])
+    assert data == E.png_bytes(frames[4])
     chunks = _png_chunks(data)
     assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND"
     assert set(chunks) == {b"IHDR", b"IDAT", b"IEND"}  # no tEXt, tIME, pHYs ...
     with Image.open(io.BytesIO(data)) as img:
-        assert np.array_equal(np.asarray(img), frames[O.poster_index(9)])
-    assert O.poster_index(9) == 4 and O.poster_index(1) == 0 and O.poster_index(81) == 40
+        assert np.array_equal(np.asarray(img), frames[E.poster_index(9)])
+    assert E.poster_index(9) == 4 and E.poster_index(1) == 0 and E.poster_index(81) == 40
 
 
 def test_mp4_plus_frames_writes_lossless_pngs(tmp_path: Path) -> None:
@@ -230,7 +233,7 @@ def test_layout_is_derived_from_hashes_only(tmp_path: Path) -> None:
     stored = store.put_render(noisy_frames(), 8, spec.job_key, "mp4+frames")
     rel = stored.path.parent.relative_to(tmp_path / "out")
     assert rel.parts == (stored.output_id[:2], stored.output_id)
-    assert stored.output_id == O.output_id_of(stored.frames_sha256, 8, "mp4+frames")
+    assert stored.output_id == L.output_id_of(stored.frames_sha256, 8, "mp4+frames")
     for path in all_paths(tmp_path / "out"):
         text = path.as_posix()
         assert ".." not in text and "escape" not in text and "cat" not in text and "roof" not in text
@@ -275,13 +278,25 @@ def test_put_is_idempotent_and_verifiable(tmp_path: Path) -> None:
     assert store.get(first.output_id) == again
     assert store.get("0" * 64) is None
     assert first.uri == first.path.resolve().as_uri() and first.size_bytes == first.path.stat().st_size
-    # tampering is detected
+    # tampering is detected; a writer of the same frames quarantines the damaged directory (kept,
+    # never deleted) and writes it anew
     data = bytearray(first.path.read_bytes())
     data[-10] ^= 0xFF
     first.path.write_bytes(bytes(data))
     assert not store.verify(first)
-    with pytest.raises(StorageError, match="corrupt"):
-        store.put_render(frames, 8, JOB_KEY)
+    repaired = store.put_render(frames, 8, JOB_KEY)
+    assert not repaired.reused and repaired.quarantined is not None
+    assert repaired.quarantined.parent == tmp_path / L.QUARANTINE_DIRNAME
+    assert (repaired.quarantined / "video.mp4").read_bytes() == bytes(data)
+    assert (repaired.path, repaired.file_sha256) == (first.path, first.file_sha256)
+    assert store.verify(first)
+    # a sidecar that names another output is damage too
+    sidecar = json.loads(first.sidecar_path.read_text())
+    first.sidecar_path.write_text(json.dumps({**sidecar, "output_id": "0" * 64}))
+    again = store.put_render(frames, 8, JOB_KEY)
+    assert again.quarantined is not None and again.output_id == first.output_id and store.verify(first)
+    assert len(list((tmp_path / L.QUARANTINE_DIRNAME).iterdir())) == 2
+    assert store.clean_temp(older_than_s=0) == 0  # the quarantine is never cleaned up
     first.path.unlink()
     assert not store.verify(first)
 
@@ -289,19 +304,19 @@ def test_put_is_idempotent_and_verifiable(tmp_path: Path) -> None:
 def test_no_temp_files_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = OutputStore(tmp_path)
     store.put_render(noisy_frames(), 8, JOB_KEY, "mp4+frames")
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(O.TEMP_PREFIX)]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
     # a failing encoder leaves neither a temp directory nor a half output
-    monkeypatch.setattr(O, "ffmpeg_exe", lambda: "/bin/false")
+    monkeypatch.setattr(E, "ffmpeg_exe", lambda: "/bin/false")
     with pytest.raises(StorageError, match="ffmpeg failed"):
         store.put_render(noisy_frames(seed=1), 8, JOB_KEY)
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(O.TEMP_PREFIX)]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
     assert len([p for p in tmp_path.glob("*/*") if p.is_dir()]) == 1
 
 
 def test_atomic_file_write(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
-    O.write_bytes_atomic(path, b"one")
-    O.write_bytes_atomic(path, b"two")
+    F.write_bytes_atomic(path, b"one")
+    F.write_bytes_atomic(path, b"two")
     assert path.read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
@@ -314,16 +329,16 @@ def test_losing_the_rename_race_returns_the_winner(tmp_path: Path, monkeypatch: 
 
     def rename(src: Any, dst: Any) -> None:
         if not raced:  # another writer finishes first, between our check and our rename
-            monkeypatch.setattr(O.os, "rename", real_rename)
+            monkeypatch.setattr(L.os, "rename", real_rename)
             raced.append(OutputStore(tmp_path).put_render(frames, 8, "cd" * 32))
         real_rename(src, dst)
 
-    monkeypatch.setattr(O.os, "rename", rename)
+    monkeypatch.setattr(L.os, "rename", rename)
     ours = store.put_render(frames, 8, JOB_KEY)
     assert raced and ours.reused and ours.output_id == raced[0].output_id
     assert ours.file_sha256 == raced[0].file_sha256
     assert json.loads(ours.sidecar_path.read_text())["job_key"] == "cd" * 32  # the winner's directory
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(O.TEMP_PREFIX)]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
 
 
 _CONCURRENT = """
@@ -331,7 +346,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_outputs import noisy_frames
-from farm.engine.outputs import OutputStore
+from farm.store import OutputStore
 frames = noisy_frames(33, 64, 64)
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
@@ -360,7 +375,7 @@ def test_concurrent_puts_of_the_same_frames(tmp_path: Path) -> None:
     assert results[0]["frames"] == results[1]["frames"]
     dirs = [p for p in tmp_path.glob("*/*")]
     assert [p.name for p in dirs] == [results[0]["id"]]
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(O.TEMP_PREFIX)]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
     store = OutputStore(tmp_path)
     stored = store.get(results[0]["id"])
     assert stored is not None and store.verify(stored)
@@ -372,15 +387,15 @@ def test_symlink_escapes_are_refused(tmp_path: Path) -> None:
     root.mkdir()
     outside.mkdir()
     frames = noisy_frames()
-    output_id = O.output_id_of(frames_sha256(frames), 8, "mp4")
+    output_id = L.output_id_of(frames_sha256(frames), 8, "mp4")
     (root / output_id[:2]).symlink_to(outside, target_is_directory=True)
     store = OutputStore(root)
-    with pytest.raises(StorageError, match="outside the output root"):
+    with pytest.raises(OutputRefused, match="outside the output root"):
         store.put_render(frames, 8, JOB_KEY)
     assert list(outside.iterdir()) == []
     # a record pointing outside the root is refused too
     good = OutputStore(tmp_path / "other").put_render(frames, 8, JOB_KEY)
-    with pytest.raises(StorageError, match="outside the output root"):
+    with pytest.raises(OutputRefused, match="outside the output root"):
         store.verify(good)
 
 
@@ -390,20 +405,49 @@ def test_clean_temp_removes_only_stale_temporaries(tmp_path: Path) -> None:
     store = OutputStore(tmp_path)
     stored = store.put_render(noisy_frames(), 8, JOB_KEY)
     parent = stored.path.parent.parent
-    stale, fresh = parent / f"{O.TEMP_PREFIX}dead-1-x", parent / f"{O.TEMP_PREFIX}live-2-y"
+    stale, fresh = parent / f"{F.TEMP_PREFIX}dead-1-x", parent / f"{F.TEMP_PREFIX}live-2-y"
     stale.mkdir()
     (stale / "video.mp4").write_bytes(b"partial")
     fresh.mkdir()
     old = time.time() - 7200
     os.utime(stale, (old, old))
-    assert store.clean_temp(older_than_seconds=3600) == 1
+    assert store.clean_temp(older_than_s=3600) == 1
     assert not stale.exists() and fresh.exists() and stored.path.exists()
 
 
 def test_ffmpeg_command_is_single_threaded_and_bitexact(tmp_path: Path) -> None:
-    cmd = O.ffmpeg_command(32, 32, 8, tmp_path / "v.mp4")
+    cmd = E.ffmpeg_command(32, 32, 8, tmp_path / "v.mp4")
     joined = " ".join(cmd)
     for flag in ("-threads 1", "-fflags +bitexact", "-flags:v +bitexact", "-map_metadata -1",
                  "-pix_fmt yuv420p", "-c:v libx264", "-i pipe:0", "-r 8", "-s 32x32"):
         assert flag in joined, flag
-    assert O.ffmpeg_version_line().startswith("ffmpeg version")
+    assert E.ffmpeg_version_line().startswith("ffmpeg version")
+
+
+def test_check_says_ok_unverified_missing_or_corrupt(tmp_path: Path) -> None:
+    """The checks behind cache hits and audits: hashing (workers, audit) and the quick stamp look
+    (producers: size + mtime not newer than the verified stamp, no hashing)."""
+    from datetime import UTC, datetime, timedelta
+
+    from farm.store import OutputState
+
+    store = OutputStore(tmp_path)
+    stored = store.put_render(noisy_frames(), 8, JOB_KEY)
+    uri, sha, size = stored.uri, stored.file_sha256, stored.size_bytes
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    full = store.check(uri, sha, size_bytes=size)
+    assert (full.state, full.actual_sha256, full.size_bytes) == (OutputState.OK, sha, size)
+    assert store.check(uri, sha, size_bytes=size, verified_at=later, hash_file=False).state is OutputState.OK
+    earlier = datetime.now(UTC) - timedelta(hours=1)  # the file changed after this stamp
+    assert store.check(uri, sha, size_bytes=size, verified_at=earlier, hash_file=False).state is OutputState.UNVERIFIED
+    assert store.check(uri, sha, verified_at=later, hash_file=False).state is OutputState.UNVERIFIED  # size unknown
+    assert store.check(uri, "0" * 64).state is OutputState.CORRUPT
+    wrong_size = store.check(uri, sha, size_bytes=size + 1, hash_file=False)
+    assert wrong_size.state is OutputState.CORRUPT and "recorded" in wrong_size.detail
+    stored.poster_path.unlink()
+    assert store.check(uri, sha).state is OutputState.CORRUPT
+    stored.path.unlink()
+    assert store.check(uri, sha).state is OutputState.MISSING
+    assert store.check("file:///nowhere/video.mp4", sha).state is OutputState.MISSING
+    assert store.quarantine(uri, "test") is not None and not stored.path.parent.exists()
+    assert store.quarantine(uri, "test") is None  # nothing left to move

@@ -306,16 +306,16 @@ def test_recent_files_are_not_trusted_from_the_cache(models_path: Path) -> None:
 
 def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, *roots: Path) -> None:
     """Simulate read-only locations (tests run as root, where chmod does not stop writes)."""
-    from farm.engine import outputs
+    from farm.store import files
 
-    real = outputs.write_bytes_atomic
+    real = files.write_bytes_atomic
 
     def guarded(path: Path, data: bytes) -> None:
         if any(Path(path).is_relative_to(r) for r in roots):
             raise PermissionError(13, "Read-only file system", str(path))
         real(path, data)
 
-    monkeypatch.setattr(outputs, "write_bytes_atomic", guarded)
+    monkeypatch.setattr(files, "write_bytes_atomic", guarded)
 
 
 def test_read_only_weights_cache_in_the_data_dir(

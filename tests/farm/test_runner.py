@@ -45,7 +45,7 @@ def new_job(seed: int, *, tags: dict[str, str] | None = None, no_cache: bool = F
 
 
 def make_runner(ledger: Ledger, engine: Any, tmp_path: Path, **kwargs: Any) -> JobRunner:
-    from farm.engine.outputs import OutputStore
+    from farm.store import OutputStore
 
     defaults: dict[str, Any] = {
         "ledger": ledger, "engine": engine, "store": OutputStore(tmp_path / "outputs"), "worker_host": "test#1",
@@ -129,7 +129,7 @@ def test_retried_jobs_render_alone(ledger: Ledger, engine: Any, tmp_path: Path) 
 
 
 def test_transient_storage_errors_are_retried(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
-    from farm.engine.outputs import OutputStore
+    from farm.store import OutputStore
 
     store = OutputStore(tmp_path / "outputs")
     calls: list[int] = []

@@ -18,7 +18,7 @@ from farm.ledger import db
 from farm.ledger.models import metadata
 from farm.spec import compat_digest, parse_spec
 
-FARM_TABLES = {"batches", "jobs", "events", "models", "workers"}
+FARM_TABLES = {"batches", "jobs", "events", "models", "workers", "outputs"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -44,7 +44,7 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0002", "0001"]
+    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
     assert all(not r.is_merge_point for r in revisions)
     assert db.MIGRATIONS_DIR.is_dir() and (db.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -140,7 +140,7 @@ def _insert_0001_job(engine: Engine, job_id: str, seed: int) -> dict[str, object
 def test_upgrade_from_0001_keeps_jobs_and_fills_compat_keys(empty_engine: Engine) -> None:
     db.upgrade(empty_engine, "0001")
     canons = {f"job-{i}": _insert_0001_job(empty_engine, f"job-{i}", seed=i) for i in range(3)}
-    db.upgrade(empty_engine)
+    db.upgrade(empty_engine, "0002")
     assert db.current_revision(empty_engine) == "0002"
     jobs = Table("jobs", MetaData(), autoload_with=empty_engine)
     with empty_engine.connect() as conn:
@@ -148,6 +148,7 @@ def test_upgrade_from_0001_keeps_jobs_and_fills_compat_keys(empty_engine: Engine
                                    jobs.c.enqueued_at)).all()
     assert {r.id: r.compat_key for r in rows} == {job_id: compat_digest(c) for job_id, c in canons.items()}
     assert all(not r.no_cache and r.batch_index is None and r.enqueued_at is None for r in rows)
+    db.upgrade(empty_engine)
     assert _diff(empty_engine, metadata) == []
 
     db.downgrade(empty_engine, "0001")
@@ -159,3 +160,38 @@ def test_upgrade_from_0001_keeps_jobs_and_fills_compat_keys(empty_engine: Engine
     assert "compat_key" not in {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
     db.upgrade(empty_engine)
     assert _diff(empty_engine, metadata) == []
+
+
+def test_upgrade_to_0003_records_the_outputs_of_succeeded_jobs(empty_engine: Engine) -> None:
+    """Each distinct output URI of a succeeded job becomes one ``ok`` row (the latest job's file
+    hash, verified when that job finished, size unknown); failed jobs and jobs without output add
+    nothing; downgrading drops the table and keeps the jobs."""
+    db.upgrade(empty_engine, "0001")
+    for i in range(4):
+        _insert_0001_job(empty_engine, f"job-{i}", seed=i)
+    db.upgrade(empty_engine, "0002")
+    jobs = Table("jobs", MetaData(), autoload_with=empty_engine)
+    t0 = datetime(2025, 3, 1, tzinfo=UTC)
+    finished = {"job-0": (t0, "a" * 64, "succeeded", "file:///o/aa/1/video.mp4"),
+                "job-1": (t0.replace(day=2), "b" * 64, "succeeded", "file:///o/aa/1/video.mp4"),
+                "job-2": (t0.replace(day=3), "c" * 64, "succeeded", "file:///o/cc/2/video.mp4"),
+                "job-3": (t0.replace(day=4), "d" * 64, "failed", "file:///o/dd/3/video.mp4")}
+    with empty_engine.begin() as conn:
+        for job_id, (at, sha, status, uri) in finished.items():
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                status=status, finished_at=at, file_sha256=sha, output_uri=uri))
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == "0003"
+    outputs = Table("outputs", MetaData(), autoload_with=empty_engine)
+    with empty_engine.connect() as conn:
+        rows = {r.uri: r for r in conn.execute(select(outputs))}
+    assert set(rows) == {"file:///o/aa/1/video.mp4", "file:///o/cc/2/video.mp4"}
+    first = rows["file:///o/aa/1/video.mp4"]
+    assert (first.file_sha256, first.state, first.size_bytes) == ("b" * 64, "ok", None)
+    assert first.verified_at.replace(tzinfo=UTC) == t0.replace(day=2)
+    assert rows["file:///o/cc/2/video.mp4"].file_sha256 == "c" * 64
+    assert _diff(empty_engine, metadata) == []
+    db.downgrade(empty_engine, "0002")
+    assert "outputs" not in _tables(empty_engine)
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 4

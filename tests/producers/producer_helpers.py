@@ -59,8 +59,8 @@ RunFarm = Callable[..., subprocess.CompletedProcess[str]]
 def run_jobs(ledger: Ledger, settings: Settings, engine: Any, job_ids: list[str]) -> list[Any]:
     """Run ``job_ids`` through the real runner (claim, render, store, record) on the tiny model,
     and register the model's weights fingerprint as a worker does."""
-    from farm.engine.outputs import OutputStore
     from farm.runner import JobRunner, worker_identity
+    from farm.store import OutputStore
 
     if not job_ids:
         return []

@@ -16,8 +16,9 @@ import pytest
 from producer_helpers import Broker, RunFarm, Work, write_manifest
 
 from farm.client import Client, StatusReport
-from farm.client.reports import RESULT_FIELDS, batch_status, eta_seconds
+from farm.client.reports import RESULT_FIELDS, eta_seconds, group_status
 from farm.ledger import JobStatus, Ledger
+from farm.ledger.stats import Pace
 
 
 def small_batch(client: Client, tmp_path: Path, n: int = 3, name: str = "follow",
@@ -26,16 +27,38 @@ def small_batch(client: Client, tmp_path: Path, n: int = 3, name: str = "follow"
     return client.submit_batch(write_manifest(tmp_path / f"{name}.jsonl", items, name=name)).batch_id
 
 
-def test_eta_is_the_average_pace_so_far() -> None:
+def test_job_eta_is_its_own_pace_so_far() -> None:
     assert eta_seconds(4, 0, 10) is None
     assert eta_seconds(4, 2.5, 25) == pytest.approx(15.0)
     assert eta_seconds(4, 4, 25) == 0.0
-    now = datetime.now(UTC)
-    report = batch_status("b", {JobStatus.SUCCEEDED: 2, JobStatus.RUNNING: 1, JobStatus.QUEUED: 1}, [0.5],
-                          now - timedelta(seconds=25), now)
-    assert report.counts == {"queued": 1, "running": 1, "succeeded": 2, "failed": 0, "cancelled": 0}
-    assert report.total == 4 and report.done == 2 and not report.finished
-    assert report.progress == pytest.approx(2.5 / 4) and report.eta_s == pytest.approx(15.0)
+
+
+def _pace(done: int, running: float, first: datetime | None, workers: int, total: int = 40) -> Pace:
+    counts = {"succeeded": done, "running": int(running > 0), "queued": total - done - int(running > 0)}
+    return Pace(counts, running, done, first, workers)
+
+
+def test_group_eta_comes_from_the_rendering_pace_not_the_queue_wait() -> None:
+    """The reported case: a batch waited behind other work before any worker touched it; the ETA
+    then must not count that wait as pace. 40 jobs, 10 minutes queued, then 2 workers finish one
+    job every 6 s each: after 10 jobs (30 s of rendering) 30 are left, 90 s at that pace."""
+    created = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    first = created + timedelta(minutes=10)
+    now = first + timedelta(seconds=30)
+    report = group_status("b", "batch", _pace(10, 0.0, first, workers=2), now)
+    assert report.total == 40 and report.done == 10 and report.progress == pytest.approx(0.25)
+    assert report.eta_s == pytest.approx(90.0)
+    # the old estimate (pace since the batch was created) said 1,890 s for the same state
+    assert eta_seconds(40, 10, (now - created).total_seconds()) == pytest.approx(1890.0)
+    # no ETA before there is a pace: nothing started, fewer than 2 rendered, or fewer than one per worker
+    assert group_status("b", "batch", _pace(0, 0.0, None, 0), now).eta_s is None
+    assert group_status("b", "batch", _pace(1, 0.5, first, 1), now).eta_s is None
+    assert group_status("b", "batch", _pace(3, 0.0, first, 4), now).eta_s is None
+    assert group_status("b", "batch", _pace(4, 0.0, first, 4), now).eta_s is not None
+    # running jobs' progress counts as work done; a finished group has ETA 0
+    half = group_status("b", "batch", _pace(10, 1.0, first, 2), now)
+    assert half.progress == pytest.approx(11 / 40) and half.eta_s == pytest.approx(29 * 30 / 11)
+    assert group_status("b", "batch", _pace(40, 0.0, first, 2), now).eta_s == 0.0
 
 
 def test_status_of_a_batch_and_of_a_job(client: Client, ledger: Ledger, tmp_path: Path, work: Work) -> None:

@@ -20,10 +20,13 @@ PRODUCER_MODULES += [
     "farm.client.specs",
     "farm.client.reports",
     "farm.client.audit",
+    "farm.store",
+    "farm.store.layout",
+    "farm.store.files",
     *(f"farm.cli.{name}" for name in ("submit", "batch", "status", "results", "library", "audit")),
 ]
 #: Modules producers never import (they send by task name).
-NEVER = ("farm.engine", "farm.queue.tasks")
+NEVER = ("farm.engine", "farm.queue.tasks", "farm.store.encode")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "day.yaml"
 
 _CHILD = """

@@ -287,3 +287,37 @@ def test_worker_seen_inserts_then_updates(ledger, clock) -> None:
     with pytest.raises(ValueError):
         ledger.worker_seen("w", host="h", device="cpu", pid=1, state="sleeping")
     assert len(ledger.list_workers()) == 2
+
+
+# -- pace ------------------------------------------------------------------------------------------
+
+
+def test_pace_of_a_batch_and_of_a_list_of_jobs(ledger, make_job, clock) -> None:
+    """What ETAs come from: counts, running progress, rendered jobs finished (cache hits excluded),
+    when the first rendered job was claimed (not when the batch was created), and the workers."""
+    jobs = [make_job(seed=70 + i, batch_index=i) for i in range(5)]
+    batch_id, _ = ledger.create_batch("p" * 64, "pace", "pace.yaml", jobs)
+    ids = [j.id for j in ledger.batch_jobs(batch_id)]  # seeds 70..74
+    empty = ledger.pace(batch_id=batch_id)
+    assert empty.counts["queued"] == 5 and empty.first_started_at is None and empty.rendered_done == 0
+    clock.advance(600)  # ten minutes queued behind other work
+    started = clock.now
+    for i, job_id in enumerate(ids[:3]):
+        claim(ledger, job_id, host=f"w{i % 2}")
+    clock.advance(6)
+    for job_id in ids[:2]:
+        ledger.record_success(job_id, output_uri=f"file:///o/{job_id}.mp4", file_sha256="f" * 64,
+                              frames_sha256="e" * 64, effective_params={}, weights_fingerprint="wf",
+                              env_fingerprint={}, timings={})
+    ledger.heartbeat(ids[2], worker_host="w0", lease_s=60, progress=0.5)
+    pace = ledger.pace(batch_id=batch_id)
+    assert pace.counts == {"queued": 2, "running": 1, "succeeded": 2, "failed": 0, "cancelled": 0}
+    assert pace.running_progress == pytest.approx(0.5)
+    assert (pace.rendered_done, pace.first_started_at, pace.workers) == (2, started, 2)
+    # a cache hit finishes without a render: counted, but not as pace
+    ledger.register_model("tiny", "wf", worker="w0")
+    hit = ledger.add_job(make_job(seed=70))
+    assert ledger.get_job(hit).cache_of_job_id == ids[0]
+    both = ledger.pace(job_ids=[*ids, hit])
+    assert both.counts["succeeded"] == 3 and both.rendered_done == 2 and both.first_started_at == started
+    assert ledger.pace(job_ids=[hit]).first_started_at is None

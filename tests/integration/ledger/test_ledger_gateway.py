@@ -15,6 +15,7 @@ import sqlalchemy.exc
 from farm.errors import BatchNotFound, IllegalTransition, JobNotFound
 from farm.ledger import JobStatus, Ledger, NewJob
 from farm.ledger.manager import LEASE_EXPIRED_ERROR
+from farm.ledger.records import OutputMark
 from farm.spec import MAX_SEED, parse_spec
 
 Q, R, S, F, C = (JobStatus(s) for s in ("queued", "running", "succeeded", "failed", "cancelled"))
@@ -358,10 +359,10 @@ def test_cache_hit_edge_queued_to_succeeded(ledger, make_job) -> None:
 # -- lookups, stars and the trail --------------------------------------------------------------
 
 
-def test_find_succeeded_by_key(ledger, make_job, clock) -> None:
+def test_find_cache_original_needs_an_ok_output(ledger, make_job, clock) -> None:
     first, second, other = make_job(seed=11), make_job(seed=11, no_cache=True), make_job(seed=12)
     ledger.add_jobs([first, second, other])
-    assert ledger.find_succeeded_by_key(first.job_key) is None
+    assert ledger.find_cache_original(first.job_key) is None
     claim(ledger, first.id)
     succeed(ledger, first.id, weights="old")
     clock.advance(10)
@@ -369,12 +370,35 @@ def test_find_succeeded_by_key(ledger, make_job, clock) -> None:
     succeed(ledger, second.id, weights="new")
     claim(ledger, other.id)
 
-    found = ledger.find_succeeded_by_key(first.job_key)
-    assert found is not None and found.id == second.id
-    by_old = ledger.find_succeeded_by_key(first.job_key, weights_fingerprint="old")
-    assert by_old is not None and by_old.id == first.id
-    assert ledger.find_succeeded_by_key(first.job_key, weights_fingerprint="none") is None
-    assert ledger.find_succeeded_by_key(other.job_key) is None
+    found = ledger.find_cache_original(first.job_key)
+    assert found is not None and found[0].id == second.id
+    output = found[1]
+    assert (output.uri, output.state, output.file_sha256) == (f"file:///out/{second.id}.mp4", "ok", "f" * 64)
+    assert output.verified_at == clock.now
+    by_old = ledger.find_cache_original(first.job_key, weights_fingerprint="old")
+    assert by_old is not None and by_old[0].id == first.id
+    assert ledger.find_cache_original(first.job_key, weights_fingerprint="none") is None
+    assert ledger.find_cache_original(other.job_key) is None
+
+    # an output marked corrupt never answers; the older ok one does; both bad: nothing
+    changed = ledger.mark_outputs([OutputMark(output.uri, "corrupt", "f" * 64, "sha256 differs", "0" * 64, 10)])
+    assert changed == [output.uri]
+    fallback = ledger.find_cache_original(first.job_key)
+    assert fallback is not None and fallback[0].id == first.id
+    assert [e.kind for e in ledger.events(second.id)][-1] == "output-corrupt"
+    assert ledger.output(output.uri).detail["actual_sha256"] == "0" * 64  # type: ignore[union-attr]
+    ledger.mark_outputs([OutputMark(f"file:///out/{first.id}.mp4", "missing", "f" * 64, "file not found")])
+    assert ledger.find_cache_original(first.job_key) is None
+    # a check that finds it intact again restores it (an event, a fresh verified stamp and its size)
+    clock.advance(5)
+    assert ledger.mark_outputs([OutputMark(output.uri, "ok", "f" * 64, "", "f" * 64, 1234)]) == [output.uri]
+    assert ledger.mark_outputs([OutputMark(output.uri, "ok", "f" * 64, "", "f" * 64, 1234)]) == []  # no change
+    restored = ledger.output(output.uri)
+    assert restored is not None and (restored.state, restored.size_bytes, restored.verified_at) == (
+        "ok", 1234, clock.now)
+    assert [e.kind for e in ledger.events(second.id)][-1] == "output-ok"
+    with pytest.raises(ValueError, match="output state"):
+        ledger.mark_outputs([OutputMark(output.uri, "gone", "f" * 64)])
 
 
 def test_set_starred_logs_an_event_without_changing_status(ledger, make_job) -> None:

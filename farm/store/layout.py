@@ -1,0 +1,449 @@
+"""The content-addressed output store: where a render's files live, their URIs, and their checks.
+
+Layout (every path component comes from hashes, never from prompt text)::
+
+    <root>/<id[:2]>/<id>/video.mp4
+                        poster.png
+                        frames/00000.png ...      (output_format "mp4+frames" only)
+                        output.json               (sidecar: hashes and parameters, no prompt)
+    <root>/.quarantine/<id>.<utc time>.<random>/  (bad directories moved aside, never deleted)
+
+where ``id`` (:func:`output_id_of`) is sha256 over the frames hash, the fps, the output format and
+the encoding profile: everything that decides the directory's content. A directory is written
+under a temporary name in the same parent, fsynced, and renamed into place, so it is complete or
+absent; two writers of the same frames race harmlessly (the first rename wins; the other checks
+the winner and returns it). A writer that finds the directory damaged (unreadable sidecar, another
+output's sidecar, a video whose bytes do not match) moves it to the quarantine and writes it anew:
+it holds the very frames the directory must contain.
+
+A job records its video's URI (``file:///<root>/<id[:2]>/<id>/video.mp4``). The store maps a URI
+back to a path by its last three components only (:meth:`OutputStore.locate`), so nodes that mount
+the same store at different paths agree on every output.
+
+Standard library only at import time: producers (audit, cache-hit checks, downloads) use this
+module without numpy; :meth:`OutputStore.put_render` imports the encoder when it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from farm.errors import OutputRefused, StorageError
+from farm.store.files import TEMP_PREFIX, file_sha256, fsync_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Version of the encoding profile (ffmpeg arguments, poster choice, PNG options, sidecar layout).
+#: Part of every ``output_id``: bump it whenever any of those change.
+ENCODE_PROFILE = "farm.h264-crf18-medium-bt709/1"
+#: File names inside one output directory.
+VIDEO_FILENAME = "video.mp4"
+POSTER_FILENAME = "poster.png"
+FRAMES_DIRNAME = "frames"
+SIDECAR_FILENAME = "output.json"
+SIDECAR_FORMAT = "farm.output/1"
+#: Folder (under the root) where damaged output directories are moved.
+QUARANTINE_DIRNAME = ".quarantine"
+#: Temporary entries older than this are left by a dead writer (``clean_temp``'s default).
+STALE_TEMP_S = 3600.0
+FILE_SCHEME = "file"
+
+OUTPUT_FORMATS: tuple[str, ...] = ("mp4", "mp4+frames")
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256_hex(value: object) -> bool:
+    return isinstance(value, str) and bool(_HEX64.match(value))
+
+
+def output_id_of(frames_hash: str, fps: int, output_format: str) -> str:
+    """The store key: sha256 over everything that decides an output directory's content."""
+    payload = json.dumps(
+        {"encode_profile": ENCODE_PROFILE, "fps": fps, "frames_sha256": frames_hash,
+         "output_format": output_format},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+class OutputState(StrEnum):
+    """What a check found (the ledger's ``outputs.state`` holds the first three)."""
+
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+    #: The quick check could not vouch for the file (no stamp, or the file changed since the
+    #: stamp): it must be hashed before anything is answered from it.
+    UNVERIFIED = "unverified"
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output file checked against its record."""
+
+    uri: str
+    state: OutputState
+    detail: str = ""
+    #: The file's sha256 when it was hashed.
+    actual_sha256: str | None = None
+    size_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is OutputState.OK
+
+
+class RecordedOutput(Protocol):
+    """What the ledger records of an output (``farm.ledger.records.OutputRecord`` has it)."""
+
+    @property
+    def uri(self) -> str: ...
+    @property
+    def file_sha256(self) -> str: ...
+    @property
+    def size_bytes(self) -> int | None: ...
+    @property
+    def verified_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """Where one render's outputs are and what they hash to."""
+
+    output_id: str
+    #: The MP4.
+    path: Path
+    uri: str
+    poster_path: Path
+    #: PNG frames (``frames/00000.png`` ...), or None for output_format "mp4".
+    frames_dir: Path | None
+    sidecar_path: Path
+    file_sha256: str
+    frames_sha256: str
+    size_bytes: int
+    #: (F, H, W, 3) of the frames (the MP4 may be padded to even sides).
+    shape: tuple[int, int, int, int]
+    fps: int
+    output_format: str
+    #: Seconds this call spent encoding and writing (0.0 when the output already existed).
+    encode_seconds: float
+    #: True when the directory already existed (written earlier or by a concurrent writer).
+    reused: bool
+    #: Where a damaged directory found in its place was moved (None: there was none).
+    quarantined: Path | None = None
+
+
+class OutputStore:
+    """The content-addressed outputs directory (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- paths and URIs -------------------------------------------------------------------------
+    def _inside(self, path: Path) -> Path:
+        """``path`` resolved; :class:`~farm.errors.OutputRefused` if it leaves the root (a
+        symlink escape)."""
+        real_root = self.root.resolve()
+        real = path.resolve()
+        if real != real_root and not real.is_relative_to(real_root):
+            raise OutputRefused(f"refusing {path}: it resolves to {real}, outside the output root {real_root}")
+        return real
+
+    def dir_for(self, output_id: str) -> Path:
+        """The directory of ``output_id`` (a sha256 hex string; nothing else is accepted)."""
+        if not is_sha256_hex(output_id):
+            raise ValueError("output_id must be a lowercase sha256 hex string")
+        return self.root / output_id[:2] / output_id
+
+    @staticmethod
+    def uri_of(path: Path) -> str:
+        return path.resolve().as_uri()
+
+    def locate(self, uri: str | None) -> Path | None:
+        """The video path in this store of an output URI (by its ``<id[:2]>/<id>/video.mp4``
+        tail), or None when the URI is not one of the store's."""
+        if not uri:
+            return None
+        parts = urlsplit(uri)
+        if parts.scheme != FILE_SCHEME:
+            return None
+        tail = Path(unquote(parts.path)).parts[-3:]
+        if len(tail) != 3:
+            return None
+        shard, output_id, name = tail
+        if name != VIDEO_FILENAME or not is_sha256_hex(output_id) or shard != output_id[:2]:
+            return None
+        return self.root / shard / output_id / name
+
+    def poster_of(self, uri: str | None) -> Path | None:
+        """The poster next to an output's video (None when the URI is not the store's)."""
+        video = self.locate(uri)
+        return None if video is None else video.with_name(POSTER_FILENAME)
+
+    def exists(self, uri: str | None) -> bool:
+        video = self.locate(uri)
+        try:
+            return video is not None and self._inside(video).is_file()
+        except OutputRefused:
+            return False
+
+    # -- writing --------------------------------------------------------------------------------
+    def put_render(self, frames: np.ndarray, fps: int, job_key: str, output_format: str = "mp4") -> StoredOutput:
+        """Store one render's outputs; idempotent, safe to call concurrently with the same frames.
+
+        ``job_key`` (sha256 hex) is recorded in the sidecar of the writer that created the
+        directory; prompts are never written here (they live in the ledger). A damaged directory
+        in the way is quarantined and written anew.
+        """
+        from farm.store import encode
+
+        started = time.perf_counter()
+        frames = encode.check_frames(frames)
+        encode.check_fps(fps)
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        if not is_sha256_hex(job_key):
+            raise ValueError("job_key must be a lowercase sha256 hex string")
+        fhash = encode.frames_sha256(frames)
+        output_id = output_id_of(fhash, fps, output_format)
+        final = self.dir_for(output_id)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {final.parent}: {exc}") from exc
+        self._inside(final.parent)
+        quarantined: Path | None = None
+        if final.exists() or final.is_symlink():
+            found = self._intact(final, output_id, fhash)
+            if found is not None:
+                return found
+            quarantined = self._quarantine_dir(final, f"damaged output {output_id} found by a writer")
+
+        tmp = final.parent / f"{TEMP_PREFIX}{output_id[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            self._inside(tmp)
+            sidecar = encode.write_render_files(tmp, frames, fps, job_key=job_key, output_format=output_format,
+                                                frames_hash=fhash, output_id=output_id)
+            fsync_dir(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                found = self._intact(final, output_id, fhash) if final.exists() else None
+                if found is not None:  # a concurrent writer won the race: keep its directory
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return found
+                raise
+            fsync_dir(final.parent)
+        except (StorageError, OutputRefused):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError(f"writing output {output_id} failed: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        stored = self._from_sidecar(final, sidecar, encode_seconds=time.perf_counter() - started, reused=False)
+        if quarantined is not None:
+            stored = StoredOutput(**{**stored.__dict__, "quarantined": quarantined})
+        return stored
+
+    def _intact(self, final: Path, output_id: str, fhash: str) -> StoredOutput | None:
+        """The directory already there when it holds this output, complete and unchanged; None
+        when it is damaged (the caller quarantines it). A symlink out of the root is refused."""
+        self._inside(final)
+        try:
+            stored = self._from_sidecar(final, self._read_sidecar(final), encode_seconds=0.0, reused=True)
+        except StorageError as exc:
+            log.warning("output %s: %s", output_id, exc)
+            return None
+        if stored.output_id != output_id or stored.frames_sha256 != fhash:
+            log.warning("output directory %s holds another output's sidecar (%s)", final, stored.output_id)
+            return None
+        if not self.verify(stored):
+            log.warning("output directory %s is damaged (its files do not match its sidecar)", final)
+            return None
+        return stored
+
+    # -- reading --------------------------------------------------------------------------------
+    def _read_sidecar(self, directory: Path) -> dict[str, Any]:
+        path = self._inside(directory / SIDECAR_FILENAME)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"output directory {directory} has no readable sidecar: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+            raise StorageError(f"output directory {directory} has an unknown sidecar format")
+        return data
+
+    def _from_sidecar(
+        self, directory: Path, sidecar: dict[str, Any], *, encode_seconds: float, reused: bool
+    ) -> StoredOutput:
+        try:
+            video = directory / str(sidecar["video"]["file"])
+            frames_meta = sidecar.get("frames")
+            shape = tuple(int(n) for n in sidecar["shape"])
+            if len(shape) != 4:
+                raise ValueError("shape must have 4 entries")
+            return StoredOutput(
+                output_id=str(sidecar["output_id"]),
+                path=video,
+                uri=self.uri_of(video),
+                poster_path=directory / str(sidecar["poster"]["file"]),
+                frames_dir=directory / str(frames_meta["dir"]) if frames_meta else None,
+                sidecar_path=directory / SIDECAR_FILENAME,
+                file_sha256=str(sidecar["video"]["sha256"]),
+                frames_sha256=str(sidecar["frames_sha256"]),
+                size_bytes=int(sidecar["video"]["size_bytes"]),
+                shape=(shape[0], shape[1], shape[2], shape[3]),
+                fps=int(sidecar["fps"]),
+                output_format=str(sidecar["output_format"]),
+                encode_seconds=encode_seconds,
+                reused=reused,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"output directory {directory} has a malformed sidecar: {exc}") from exc
+
+    def get(self, output_id: str) -> StoredOutput | None:
+        """The stored output with this id, or None when absent."""
+        directory = self.dir_for(output_id)
+        if not directory.exists():
+            return None
+        self._inside(directory)
+        return self._from_sidecar(directory, self._read_sidecar(directory), encode_seconds=0.0, reused=True)
+
+    def verify(self, stored: StoredOutput) -> bool:
+        """True when the MP4 exists under the root and its sha256 and size match the record, and the
+        poster and (if any) PNG frames exist. :class:`OutputRefused` if a path escapes the root."""
+        path = self._inside(stored.path)
+        try:
+            if path.stat().st_size != stored.size_bytes or file_sha256(path) != stored.file_sha256:
+                return False
+            if not self._inside(stored.poster_path).is_file():
+                return False
+            if stored.frames_dir is not None:
+                frames_dir = self._inside(stored.frames_dir)
+                if not all((frames_dir / f"{i:05d}.png").is_file() for i in range(stored.shape[0])):
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def check(
+        self, uri: str, expected_sha256: str, *, size_bytes: int | None = None, verified_at: datetime | None = None,
+        hash_file: bool = True,
+    ) -> OutputCheck:
+        """Check a recorded output (its video and poster) against its record.
+
+        ``hash_file``: hash the video and compare (``ok``, ``corrupt`` or ``missing``). Without
+        it, only a quick check: ``ok`` when the recorded size matches and the file has not changed
+        since ``verified_at`` (its mtime is not newer), ``unverified`` when that cannot be said,
+        ``missing``/``corrupt`` when the file is gone or its size differs."""
+        video = self.locate(uri)
+        if video is None:
+            return OutputCheck(uri, OutputState.MISSING, "not an output URI of this store")
+        try:
+            real = self._inside(video)
+            st = real.stat()
+        except OutputRefused as exc:
+            return OutputCheck(uri, OutputState.CORRUPT, str(exc))
+        except FileNotFoundError:
+            return OutputCheck(uri, OutputState.MISSING, "file not found")
+        except OSError as exc:
+            return OutputCheck(uri, OutputState.MISSING, f"unreadable: {exc.strerror or exc}")
+        if not stat.S_ISREG(st.st_mode):
+            return OutputCheck(uri, OutputState.CORRUPT, "not a regular file")
+        if size_bytes is not None and st.st_size != size_bytes:
+            return OutputCheck(uri, OutputState.CORRUPT, f"{st.st_size} bytes, recorded {size_bytes}",
+                               size_bytes=st.st_size)
+        if not real.with_name(POSTER_FILENAME).is_file():
+            return OutputCheck(uri, OutputState.CORRUPT, "the poster next to it is missing", size_bytes=st.st_size)
+        if not hash_file:
+            fresh = size_bytes is not None and verified_at is not None and st.st_mtime <= verified_at.timestamp()
+            if fresh:
+                return OutputCheck(uri, OutputState.OK, "unchanged since verified", size_bytes=st.st_size)
+            return OutputCheck(uri, OutputState.UNVERIFIED, "changed or never verified", size_bytes=st.st_size)
+        try:
+            actual = file_sha256(real)
+        except OSError as exc:
+            return OutputCheck(uri, OutputState.MISSING, f"unreadable: {exc.strerror or exc}")
+        if actual != expected_sha256:
+            return OutputCheck(uri, OutputState.CORRUPT, "sha256 differs from the record", actual, st.st_size)
+        return OutputCheck(uri, OutputState.OK, "", actual, st.st_size)
+
+    def vouches(self, record: RecordedOutput) -> bool:
+        """The quick check a producer makes before answering a job from an output: the file is
+        there with its recorded size and unchanged since it was last verified (no hashing)."""
+        return self.check(record.uri, record.file_sha256, size_bytes=record.size_bytes,
+                          verified_at=record.verified_at, hash_file=False).ok
+
+    # -- repair and housekeeping ------------------------------------------------------------------
+    def quarantine(self, uri: str, reason: str) -> Path | None:
+        """Move the directory of an output out of the way (into ``.quarantine``); the path it now
+        has, or None when there was nothing to move. Never deletes anything."""
+        video = self.locate(uri)
+        if video is None:
+            return None
+        directory = video.parent
+        if not (directory.exists() or directory.is_symlink()):
+            return None
+        return self._quarantine_dir(directory, reason)
+
+    def _quarantine_dir(self, directory: Path, reason: str) -> Path | None:
+        target_root = self.root / QUARANTINE_DIRNAME
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        target = target_root / f"{directory.name}.{stamp}.{secrets.token_hex(3)}"
+        try:
+            target_root.mkdir(parents=True, exist_ok=True)
+            os.rename(directory, target)
+        except FileNotFoundError:  # moved by a concurrent writer or repair
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot quarantine {directory}: {exc}") from exc
+        fsync_dir(directory.parent)
+        log.warning("quarantined %s as %s: %s", directory, target, reason)
+        return target
+
+    def clean_temp(self, older_than_s: float = STALE_TEMP_S) -> int:
+        """Remove temporary directories/files left by writers that died (older than the given age).
+        Returns how many were removed."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for parent in self.root.iterdir():
+            if not parent.is_dir() or parent.is_symlink() or parent.name == QUARANTINE_DIRNAME:
+                continue
+            for entry in parent.iterdir():
+                if not entry.name.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    if entry.lstat().st_mtime > cutoff:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
