@@ -42,8 +42,8 @@ RUN { grep -v -i -E '^torch[[:space:]]*==' constraints.txt; echo "torch==${TORCH
 COPY pyproject.toml README.md ./
 COPY farm ./farm
 COPY migrations ./migrations
-# Editable: the Alembic scripts are found next to the package (farm/ledger/db.py).
-RUN pip install -c /tmp/constraints.txt -e ".[engine,ops]" \
+# A regular (non-editable) install: the Alembic scripts ship inside the package (farm.ledger.migrations).
+RUN pip install -c /tmp/constraints.txt ".[engine,ops]" \
     && pip check \
     && rm /tmp/constraints.txt
 

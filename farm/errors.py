@@ -195,6 +195,14 @@ class StorageError(TransientError):
     """Writing or reading an output file failed (I/O: a full disk, a lost mount): retried."""
 
 
+class OutputNotReady(ExpectedError):
+    """The job has no output to serve yet (it has not succeeded)."""
+
+
+class OutputMissing(ExpectedError):
+    """The job succeeded but its stored file is gone (``farm audit --repair`` restores it)."""
+
+
 class OutputRefused(ExpectedError):
     """The store refuses an output location (it resolves outside the output root): permanent, and
     that output's problem, not the worker's."""

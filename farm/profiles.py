@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from farm.kinds import Sampler, values
+
 #: Wan2.2's official default negative prompt (from the Wan2.2 configs).
 # The official prompt is Chinese, with full-width punctuation on purpose.
 WAN_DEFAULT_NEGATIVE_PROMPT = (
@@ -168,7 +170,7 @@ PROFILES: dict[str, ModelProfile] = {
     )
 }
 
-SAMPLERS: tuple[str, ...] = ("unipc", "euler")
+SAMPLERS: tuple[str, ...] = values(Sampler)
 
 
 def get_profile(name: str) -> ModelProfile:

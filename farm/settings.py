@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm.kinds import OffloadPolicy
 
 #: Where the data directory lives when neither FARM_DATA_DIR nor XDG_DATA_HOME is set.
 DEFAULT_DATA_SUBDIR = "farm"
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(default=DEFAULT_MODEL)
     device: str = Field(default="cpu", description="Torch device for in-process renders (cpu, cuda:0, ...).")
-    offload: Literal["none", "model", "expert", "sequential"] = Field(default="none")
+    offload: OffloadPolicy = Field(default=OffloadPolicy.NONE)
     phase_batch: int = Field(default=DEFAULT_PHASE_BATCH, ge=1, le=64)
     lease_s: int = Field(default=DEFAULT_LEASE_S, ge=5)
     heartbeat_s: int = Field(default=DEFAULT_HEARTBEAT_S, ge=1)

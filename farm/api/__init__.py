@@ -4,7 +4,7 @@ Modules: ``app`` (the factory, error answers), ``routes`` (the ``/v1`` routes, `
 ``/metrics``), ``auth`` (bearer token, start-up policy), ``schemas`` (request/response models),
 ``bodies`` (manifests in request bodies), ``files`` (which file a download serves).
 
-Producer code: never imports torch, diffusers, numpy, ``farm.engine`` or ``farm.queue.tasks``.
+Producer code: never imports torch, diffusers, numpy, ``farm.engine`` or ``farm.worker.task``.
 """
 
 from farm.api.app import create_app

@@ -27,17 +27,18 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from farm.api import files
 from farm.api.auth import BearerAuthMiddleware, startup_token
 from farm.api.bodies import UnsupportedMediaType
 from farm.api.limits import BodyLimitMiddleware
-from farm.api.routes import FURTHER_CHECKS, register
+from farm.api.routes import FURTHER_CHECKS, make_router
 from farm.api.schemas import problem_body, problems_from_errors
 from farm.errors import (
     BatchNotFound,
     IllegalTransition,
     InvalidInput,
     JobNotFound,
+    OutputMissing,
+    OutputNotReady,
     Problem,
     SchemaOutOfDate,
     TransientError,
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
         from farm.client import Client
         from farm.metrics import make_registry
 
-        app.state.client = Client.from_settings(settings)
+        app.state.client = Client(settings=settings)
         app.state.registry, collector = make_registry(settings)
         try:
             yield
@@ -147,14 +148,14 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
         lifespan=lifespan,
     )
     app.state.settings = settings
-    register(app)
+    app.include_router(make_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(BatchNotFound, _not_found)
     app.add_exception_handler(IllegalTransition, _conflict)
-    app.add_exception_handler(files.NotReady, _not_ready)
-    app.add_exception_handler(files.OutputMissing, _output_missing)
+    app.add_exception_handler(OutputNotReady, _not_ready)
+    app.add_exception_handler(OutputMissing, _output_missing)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(SchemaOutOfDate, _unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,9 +1,11 @@
 """The ``/v1`` routes, ``/healthz`` and ``/metrics``.
 
-Handlers are plain functions (FastAPI runs them in its thread pool: the ledger and the broker are
-blocking I/O). Submissions go through :class:`farm.client.Client` — the same door as the CLI and
-Python producers, so the same rules, dedup and idempotency apply; reads go to the ledger.
-Errors are raised as farm exceptions and turned into HTTP answers by :mod:`farm.api.app`.
+Handlers are plain functions on one :class:`fastapi.APIRouter` (FastAPI runs them in its thread
+pool: the ledger and the broker are blocking I/O). Every handler gets the app's
+:class:`farm.client.Client` through ``Depends`` — the same door as the CLI and Python producers, for
+writes and reads alike, so the same rules, dedup and idempotency apply; the API never touches the
+ledger or the output store itself. Errors are raised as farm exceptions and turned into HTTP
+answers by :mod:`farm.api.app`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from farm.api import bodies, files
+from farm.api import bodies
 from farm.api.schemas import (
     BatchCreated,
     BatchResults,
@@ -27,7 +29,8 @@ from farm.api.schemas import (
     rule_problems,
 )
 from farm.client import Client
-from farm.client.core import check_id, check_idempotency_key
+from farm.client.core import check_idempotency_key
+from farm.client.reads import check_id
 from farm.errors import BatchNotFound, IllegalTransition, InvalidInput, JobNotFound, Problem
 from farm.ledger import JobRecord, JobStatus
 
@@ -50,6 +53,10 @@ IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 def _client(request: Request) -> Client:
     client: Client = request.app.state.client
     return client
+
+
+#: The app's client, for a handler's parameter list.
+ClientDep = Annotated[Client, Depends(_client)]
 
 
 def _job_id(value: str) -> str:
@@ -113,12 +120,11 @@ def metrics(request: Request) -> Response:
 # -- jobs ----------------------------------------------------------------------------------------
 
 
-def submit_job(body: RenderRequest, request: Request, response: Response,
+def submit_job(body: RenderRequest, request: Request, response: Response, client: ClientDep,
                idempotency_key: IdempotencyKey = None) -> JobsCreated:
     """Submit one render (a ``sweep`` submits one per seed). 201 with the new job ids; with an
     ``Idempotency-Key`` seen before, 200 with the first request's ids and nothing created or sent."""
-    client = _client(request)
-    default_model = request.app.state.settings.default_model
+    default_model = client.settings.default_model
     # every rule, before anything is written (the client checks them again), all problems at once
     problems = _key_problems(idempotency_key)
     try:
@@ -142,36 +148,34 @@ def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Pr
             *_key_problems(request.headers.get(IDEMPOTENCY_HEADER))]
 
 
-def get_job(job_id: str, request: Request) -> dict[str, Any]:
+def get_job(job_id: str, client: ClientDep) -> dict[str, Any]:
     """Every recorded field of the job, with its download URLs once it succeeded."""
-    return job_view(_client(request).ledger.get_job(_job_id(job_id)))
+    return job_view(client.get_job(_job_id(job_id)))
 
 
-def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+def cancel_job(job_id: str, client: ClientDep) -> dict[str, Any]:
     """Cancel a queued or running job (a worker stops it at its next heartbeat)."""
     checked = _job_id(job_id)
-    client = _client(request)
-    client.ledger.get_job(checked)  # 404 for an unknown job
+    client.get_job(checked)  # 404 for an unknown job
     report = client.cancel(checked)
     if checked in report.unchanged:
         raise IllegalTransition(checked, report.unchanged[checked], JobStatus.CANCELLED.value)
-    return job_view(client.ledger.get_job(checked))
+    return job_view(client.get_job(checked))
 
 
-def _download(job_id: str, request: Request, kind: str) -> FileResponse:
-    job = _client(request).ledger.get_job(_job_id(job_id))
-    found = files.resolve_download(job, kind, request.app.state.settings.outputs_path)
+def _download(job_id: str, client: Client, kind: str) -> FileResponse:
+    found = client.download(_job_id(job_id), kind)
     return FileResponse(found.path, media_type=found.media_type, filename=found.filename)
 
 
-def job_video(job_id: str, request: Request) -> FileResponse:
+def job_video(job_id: str, client: ClientDep) -> FileResponse:
     """The job's MP4 (404 until it succeeded; 409 if the stored file is gone)."""
-    return _download(job_id, request, files.VIDEO)
+    return _download(job_id, client, "video")
 
 
-def job_poster(job_id: str, request: Request) -> FileResponse:
+def job_poster(job_id: str, client: ClientDep) -> FileResponse:
     """The job's poster PNG (the middle frame)."""
-    return _download(job_id, request, files.POSTER)
+    return _download(job_id, client, "poster")
 
 
 # -- batches -------------------------------------------------------------------------------------
@@ -188,7 +192,7 @@ _MANIFEST_BODY = {
 }
 
 
-async def submit_batch(request: Request, response: Response,
+async def submit_batch(request: Request, response: Response, client: ClientDep,
                        no_cache: Annotated[bool, Query(description="Render every job, even identical ones.")] = False,
                        idempotency_key: IdempotencyKey = None) -> BatchCreated:
     """Submit a manifest. Every item is checked first: any problem is a 422 naming the item and the
@@ -196,29 +200,25 @@ async def submit_batch(request: Request, response: Response,
     manifest again (with or without the same ``Idempotency-Key``) gives 200 and the same batch id."""
     _key(idempotency_key)
     manifest = bodies.manifest_from_body(await request.body(), request.headers.get("content-type"))
-    client = _client(request)
     done = await run_in_threadpool(client.submit_batch, manifest, no_cache=no_cache)
     response.status_code = 201 if done.created else 200
     return BatchCreated(batch_id=done.batch_id, job_count=done.job_count, created=done.created,
                         enqueued=done.enqueued, name=done.name, digest=done.digest)
 
 
-def get_batch(batch_id: str, request: Request) -> BatchView:
+def get_batch(batch_id: str, client: ClientDep) -> BatchView:
     """The batch and how many of its jobs are in each status."""
-    ledger = _client(request).ledger
-    batch = ledger.get_batch(_batch_id(batch_id))
-    counts = {s.value: n for s, n in ledger.batch_counts(batch.id).items()}
-    done = sum(n for s, n in counts.items() if JobStatus(s).terminal)
+    view = client.batch_view(_batch_id(batch_id))
+    batch = view.batch
     return BatchView(id=batch.id, name=batch.name, source_name=batch.source_name,
                      manifest_digest=batch.manifest_digest, created_at=batch.created_at.isoformat(),
-                     job_count=batch.job_count, counts=counts, done=done >= batch.job_count)
+                     job_count=batch.job_count, counts=view.counts, done=view.done)
 
 
-def batch_results(batch_id: str, request: Request) -> BatchResults:
+def batch_results(batch_id: str, client: ClientDep) -> BatchResults:
     """One row per job, in manifest order: prompt, seed, parameters, hashes, status, download URLs."""
-    client = _client(request)
     checked = _batch_id(batch_id)
-    client.ledger.get_batch(checked)  # 404 for an unknown batch (a job id is not a batch)
+    client.get_batch(checked)  # 404 for an unknown batch (a job id is not a batch)
     rows = []
     for row in client.results(checked):
         out = {k: v for k, v in row.items() if k not in HIDDEN_RESULT_FIELDS}
@@ -227,11 +227,10 @@ def batch_results(batch_id: str, request: Request) -> BatchResults:
     return BatchResults(batch_id=checked, results=rows)
 
 
-def cancel_batch(batch_id: str, request: Request) -> JSONResponse:
+def cancel_batch(batch_id: str, client: ClientDep) -> JSONResponse:
     """Cancel every queued and running job of the batch; finished jobs are listed, unchanged."""
-    client = _client(request)
     checked = _batch_id(batch_id)
-    client.ledger.get_batch(checked)
+    client.get_batch(checked)
     return JSONResponse(client.cancel(checked).to_dict())
 
 
@@ -273,7 +272,9 @@ FURTHER_CHECKS: dict[Any, Callable[[Request, Any, Sequence[Problem]], list[Probl
 }
 
 
-def register(app: FastAPI) -> None:
-    """Add every route of :data:`ROUTES` to ``app``."""
+def make_router() -> APIRouter:
+    """Every route of :data:`ROUTES` on one router (``create_app`` includes it)."""
+    router = APIRouter()
     for method, path, endpoint, options in ROUTES:
-        app.add_api_route(path, endpoint, methods=[method], **options)
+        router.add_api_route(path, endpoint, methods=[method], **options)
+    return router

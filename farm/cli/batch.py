@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from farm.cli.common import emit_json, handle_errors, json_option, not_sent_exit, option
-from farm.cli.submit import client_options, open_client
+from farm.cli.options import client_options, open_client
 
 
 def register(group: click.Group) -> None:

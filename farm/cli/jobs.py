@@ -1,4 +1,4 @@
-"""``farm jobs``: look at jobs in the ledger.
+"""``farm jobs``: look at jobs in the ledger (through :class:`farm.client.Client`).
 
 * ``farm jobs list [--batch B] [--status S] [--starred|--unstarred] [--limit N] [--json]`` — newest first;
 * ``farm jobs show ID [--json]`` — every recorded field of one job and its event trail.
@@ -10,23 +10,23 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from farm.cli.common import database_option, emit_json, handle_errors, json_option, option, settings_with
+from farm.cli.common import database_option, emit_json, handle_errors, json_option, option
+from farm.cli.options import open_client
 
 if TYPE_CHECKING:
-    from farm.ledger import EventRecord, JobRecord, Ledger
+    from farm.client import Client
+    from farm.ledger import EventRecord, JobRecord
 
 #: Valid --status values (kept here so the CLI starts without importing SQLAlchemy).
 STATUS_CHOICES = ("queued", "running", "succeeded", "failed", "cancelled")
 #: Most characters of a prompt shown in a list row.
 PROMPT_PREVIEW_CHARS = 48
-#: Largest --limit accepted.
+#: Largest --limit accepted (farm.client.reads.MAX_LIST_LIMIT).
 MAX_LIST_LIMIT = 10_000
 
 
-def _open(database_url: str | None) -> Ledger:
-    from farm.ledger import Ledger
-
-    return Ledger.from_settings(settings_with(database_url=database_url))
+def _open(database_url: str | None) -> Client:
+    return open_client(database_url, None)
 
 
 def _when(value: Any) -> str:
@@ -56,8 +56,8 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    with _open(database_url) as ledger:
-        found = ledger.list_jobs(batch_id=batch_id, status=status, starred=starred, limit=limit)
+    with _open(database_url) as client:
+        found = client.list_jobs(batch_id=batch_id, status=status, starred=starred, limit=limit)
     if as_json:
         emit_json([j.to_dict() for j in found])
         return
@@ -129,9 +129,9 @@ def _show_text(job: JobRecord, trail: list[EventRecord]) -> None:
 @handle_errors()
 def show_command(job_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one job: every recorded field and its event trail."""
-    with _open(database_url) as ledger:
-        job = ledger.get_job(job_id)
-        trail = ledger.events(job_id)
+    with _open(database_url) as client:
+        job = client.get_job(job_id)
+        trail = client.events(job_id)
     if as_json:
         emit_json({"job": job.to_dict(), "events": [e.to_dict() for e in trail]})
     else:

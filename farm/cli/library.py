@@ -14,7 +14,8 @@ from __future__ import annotations
 import click
 
 from farm.cli.common import emit_json, handle_errors, json_option, not_sent_exit, option
-from farm.cli.submit import client_options, open_client, submission_summary
+from farm.cli.options import client_options, open_client
+from farm.cli.submit import submission_summary
 
 
 def register(group: click.Group) -> None:

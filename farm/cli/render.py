@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,46 +24,32 @@ from farm.cli.common import (
     option,
     settings_with,
 )
+from farm.cli.options import priority_option, seed_options, spec_options
 from farm.client.specs import build_spec
-from farm.profiles import PROFILES, SAMPLERS
-from farm.spec import RenderSpec
+from farm.kinds import OffloadPolicy
+from farm.kinds import values as choices
+from farm.store import OutputStore
 
-#: Re-exported: the spec builder moved to farm.client.specs (shared with farm submit and the API).
-__all__ = ["build_spec", "copy_out", "register", "render_one"]
+if TYPE_CHECKING:
+    from farm.ledger import JobRecord
+    from farm.settings import Settings
+
+__all__ = ["copy_out", "register", "summary_of"]
 
 
 def register(group: click.Group) -> None:
     @group.command("render")
     @click.argument("prompt")
-    @option("--seed", type=int, default=None, help="Explicit seed in [0, 2^63-1] (default: random, recorded).")
-    @option("--seed-from-prompt", "seed_from_prompt_flag", is_flag=True, default=False,
-            help="Derive the seed from the prompt (sha256; the same in every process).")
-    @option("--salt", default="", help="Salt for --seed-from-prompt.")
-    @option("--model", default=None, type=click.Choice(sorted(PROFILES)), envvar="FARM_DEFAULT_MODEL",
-            help="Model profile (default: FARM_DEFAULT_MODEL, else tiny).")
-    @option("--negative-prompt", default=None, help="Negative prompt (default: the model's).")
-    @option("--width", type=int, default=None, help="Width in pixels (multiple of 16).")
-    @option("--height", type=int, default=None, help="Height in pixels (multiple of 16).")
-    @option("--frames", type=int, default=None, help="Number of frames (4k+1).")
-    @option("--fps", type=int, default=None, help="Frames per second of the video.")
-    @option("--steps", type=int, default=None, help="Denoising steps.")
-    @option("--guidance", type=float, default=None, help="Guidance scale (high-noise expert).")
-    @option("--guidance-2", type=float, default=None, help="Guidance scale of the low-noise expert.")
-    @option("--boundary-ratio", type=float, default=None, help="Expert switch boundary in (0, 1).")
-    @option("--flow-shift", type=float, default=None, help="Scheduler flow shift.")
-    @option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Sampler.")
-    @option("--output-format", type=click.Choice(["mp4", "mp4+frames"]), default=None, help="Outputs to write.")
-    @option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive",
-            help="Priority class recorded with the job.")
-    @option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory.")
-    @option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable).")
+    @seed_options
+    @spec_options
+    @priority_option("interactive", "Priority class recorded with the job.")
     @option("--no-cache", is_flag=True, default=False,
             help="Render even if the same job (spec and weights) already has an output.")
     @option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
             help="Also copy the MP4 to this path.")
     @option("--device", envvar="FARM_DEVICE", default=None, help="Torch device (default: FARM_DEVICE, else cpu).")
-    @option("--offload", envvar="FARM_OFFLOAD", default=None,
-            type=click.Choice(["none", "model", "expert", "sequential"]), help="Expert offload policy.")
+    @option("--offload", envvar="FARM_OFFLOAD", default=None, type=click.Choice(choices(OffloadPolicy)),
+            help="Expert offload policy.")
     @database_option()
     @json_option()
     @handle_errors()
@@ -72,12 +58,15 @@ def register(group: click.Group) -> None:
                device: str | None, offload: str | None, database_url: str | None, as_json: bool,
                no_cache: bool, **values: Any) -> None:
         """Render PROMPT in-process and record it in the ledger; prints where the video is."""
+        from farm.worker.main import render_locally
+
         spec = build_spec(
             prompt, seed=seed, seed_from_prompt_flag=seed_from_prompt_flag, salt=salt, model=model,
             priority=priority, allow_degrade=allow_degrade, tags=tags, values=values,
         )
         settings = settings_with(database_url=database_url, device=device, offload=offload)
-        summary = render_one(spec, settings, no_cache=no_cache)
+        done = render_locally(spec, settings, no_cache=no_cache)
+        summary = summary_of(done.job, done.outcome.outcome.value, OutputStore(settings.outputs_path), settings)
         if out_path is not None and summary["status"] == "succeeded":
             copy_out(Path(summary["video"]), out_path)
             summary["copied_to"] = str(out_path)
@@ -89,35 +78,15 @@ def register(group: click.Group) -> None:
             sys.exit(EXIT_FAILED)
 
 
-def render_one(spec: RenderSpec, settings: Any, *, no_cache: bool = False) -> dict[str, Any]:
-    """Record ``spec`` as a job, run it through the runner on this machine, return a summary."""
-    from farm.engine.render import Engine
-    from farm.ledger import Ledger, NewJob
-    from farm.runner import JobRunner, worker_identity
-    from farm.store import OutputStore
-
-    store = OutputStore(settings.outputs_path)
-    with Ledger.from_settings(settings) as ledger:
-        new_job = NewJob.from_spec(spec, max_attempts=settings.max_attempts, no_cache=no_cache)
-        job_id = ledger.add_job(new_job, output_ok=store.vouches)
-        runner = JobRunner(
-            ledger=ledger,
-            engine=Engine.from_settings(settings),
-            store=store,
-            worker_host=worker_identity(settings.device),
-            worker_device=settings.device,
-            lease_s=settings.lease_s,
-            heartbeat_s=settings.heartbeat_s,
-        )
-        outcome = runner.run([job_id])[0]
-        job = ledger.get_job(job_id)
+def summary_of(job: JobRecord, outcome: str, store: OutputStore, settings: Settings) -> dict[str, Any]:
+    """What ``farm render`` reports of its job (``--json`` prints it as is)."""
     video = store.locate(job.output_uri)
     timings = job.timings or {}
     stats = timings.get("stats", {})
     return {
         "job_id": job.id,
         "status": job.status.value,
-        "outcome": outcome.outcome,
+        "outcome": outcome,
         "error": job.error_message,
         "error_type": job.error_type,
         "job_key": job.job_key,

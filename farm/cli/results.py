@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from farm.cli.common import emit_json, handle_errors, option
-from farm.cli.submit import client_options, open_client
+from farm.cli.options import client_options, open_client
 
 
 def csv_cell(value: Any) -> Any:

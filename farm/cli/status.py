@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from farm.cli.common import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, json_option, option
-from farm.cli.submit import client_options, open_client
+from farm.cli.options import client_options, open_client
 
 if TYPE_CHECKING:
     from farm.client import StatusReport

@@ -5,70 +5,19 @@ from ``--seed``, ``--seed-from-prompt [--salt S]``, ``--sweep BASE:RADIUS`` (one
 BASE-RADIUS..BASE+RADIUS) or, with none of them, a random seed that is recorded. A job identical
 to a succeeded one is answered from the cache at once (``--no-cache`` renders anyway).
 
-Also the helpers the other producer commands share: the ledger/broker options and
-:func:`open_client`. Nothing heavy is imported until a command runs.
+Also :func:`submission_summary`, which ``farm sweep`` prints too. Nothing heavy is imported
+until a command runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
-from farm.cli.common import (
-    broker_option,
-    database_option,
-    emit_json,
-    handle_errors,
-    json_option,
-    not_sent_exit,
-    option,
-    settings_with,
-)
+from farm.cli.common import emit_json, handle_errors, json_option, not_sent_exit, option
+from farm.cli.options import client_options, open_client, priority_option, seed_options, spec_options
 from farm.errors import InvalidInput
-from farm.profiles import PROFILES, SAMPLERS
-
-if TYPE_CHECKING:
-    from farm.client import Client
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def client_options(fn: F) -> F:
-    """``--database-url`` and ``--broker-url``."""
-    return database_option()(broker_option()(fn))
-
-
-def open_client(database_url: str | None, broker_url: str | None) -> Client:
-    """A client on the ledger and broker named by the options (else the FARM_* settings)."""
-    from farm.client import Client
-
-    return Client.from_settings(settings_with(database_url=database_url, broker_url=broker_url))
-
-
-def spec_options(fn: F) -> F:
-    """The render spec options ``farm render`` takes (their names map through
-    :data:`farm.client.specs.SPEC_OPTIONS`), plus ``--allow-degrade`` and ``--tag``."""
-    decorators = [
-        option("--negative-prompt", default=None, help="Negative prompt (default: the model's)."),
-        option("--width", type=int, default=None, help="Width in pixels (multiple of 16)."),
-        option("--height", type=int, default=None, help="Height in pixels (multiple of 16)."),
-        option("--frames", type=int, default=None, help="Number of frames (4k+1)."),
-        option("--fps", type=int, default=None, help="Frames per second of the video."),
-        option("--steps", type=int, default=None, help="Denoising steps."),
-        option("--guidance", type=float, default=None, help="Guidance scale (high-noise expert)."),
-        option("--guidance-2", type=float, default=None, help="Guidance scale of the low-noise expert."),
-        option("--boundary-ratio", type=float, default=None, help="Expert switch boundary in (0, 1)."),
-        option("--flow-shift", type=float, default=None, help="Scheduler flow shift."),
-        option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Sampler."),
-        option("--output-format", type=click.Choice(["mp4", "mp4+frames"]), default=None, help="Outputs to write."),
-        option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory."),
-        option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable)."),
-    ]
-    for deco in reversed(decorators):
-        fn = deco(fn)
-    return fn
 
 
 def parse_sweep(text: str | None) -> tuple[int, int] | None:
@@ -87,18 +36,11 @@ def parse_sweep(text: str | None) -> tuple[int, int] | None:
 def register(group: click.Group) -> None:
     @group.command("submit")
     @click.argument("prompt")
-    @option("--seed", type=int, default=None, help="Explicit seed in [0, 2^63-1] (default: random, recorded).")
-    @option("--seed-from-prompt", "seed_from_prompt_flag", is_flag=True, default=False,
-            envvar="FARM_SUBMIT_SEED_FROM_PROMPT",
-            help="Derive the seed from the prompt (sha256; the same in every process).")
-    @option("--salt", default="", help="Salt for --seed-from-prompt.")
+    @seed_options
     @option("--sweep", "sweep_text", default=None, metavar="BASE:RADIUS", envvar="FARM_SUBMIT_SWEEP",
-            help="One job per seed BASE-RADIUS..BASE+RADIUS (strategy sweep).")
-    @option("--model", default=None, type=click.Choice(sorted(PROFILES)), envvar="FARM_DEFAULT_MODEL",
-            help="Model profile (default: FARM_DEFAULT_MODEL, else tiny).")
+            help="One job per seed BASE-RADIUS..BASE+RADIUS (strategy sweep), as one batch.")
     @spec_options
-    @option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive",
-            help="Queue: interactive (someone is waiting) or batch.")
+    @priority_option("interactive", "Queue: interactive (someone is waiting) or batch.")
     @option("--no-cache", is_flag=True, default=False,
             help="Render even if an identical job already succeeded or is in progress.")
     @option("--idempotency-key", default=None,

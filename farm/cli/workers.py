@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from farm.cli.common import database_option, emit_json, handle_errors, json_option, settings_with
+from farm.cli.common import database_option, emit_json, handle_errors, json_option
+from farm.cli.options import open_client
 
 
 def _when(value: Any) -> str:
@@ -19,10 +20,8 @@ def _when(value: Any) -> str:
 @handle_errors()
 def workers_command(database_url: str | None, as_json: bool) -> None:
     """List the workers in the ledger's workers table."""
-    from farm.ledger import Ledger
-
-    with Ledger.from_settings(settings_with(database_url=database_url)) as ledger:
-        found = ledger.list_workers()
+    with open_client(database_url, None) as client:
+        found = client.workers()
     if as_json:
         emit_json([w.to_dict() for w in found])
         return

@@ -7,7 +7,7 @@ enqueued), then writes the ledger in one transaction, then sends the wake-up mes
 ledger is the source of truth: a job accepted but not yet sent (producer killed, broker down) is
 sent by the next submission of the same batch or by the reaper; nothing accepted is lost.
 
-Torch-free: no torch, diffusers, numpy, ``farm.engine`` or ``farm.queue.tasks``.
+Torch-free: no torch, diffusers, numpy, ``farm.engine`` or ``farm.worker.task``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm.client import reports
 from farm.client.audit import audit_outputs, repair_item
+from farm.client.reads import ReadOps, check_id
 from farm.client.reports import (
     AuditReport,
     BatchSubmission,
@@ -103,19 +104,7 @@ def check_flag(value: object, field: str) -> bool:
     return value
 
 
-def check_id(value: object, field: str = "id") -> str:
-    """A job or batch id: a UUID in its text form."""
-    try:
-        return str(uuid.UUID(str(value))) if isinstance(value, str) else _bad_id(value, field)
-    except ValueError:
-        return _bad_id(value, field)
-
-
-def _bad_id(value: object, field: str) -> str:
-    raise InvalidInput.one(field, "uuid", f"must be a job or batch id (a UUID), got {value!r}")
-
-
-class Client:
+class Client(ReadOps):
     """Producer operations on one ledger (and the broker and output store the settings name).
 
     ``Client()`` uses the process settings (``FARM_*``; with nothing set, the embedded ledger in
@@ -395,7 +384,11 @@ class Client:
         seed, seed_strategy, params, output path, file and frames sha256, timings, status,
         cache_of, ..."""
         checked = check_id(batch_id, "batch_id")
-        return [reports.result_row(j) for j in self._jobs_of(checked, self._kind(checked))]
+        rows = []
+        for job in self._jobs_of(checked, self._kind(checked)):
+            video = self.store.locate(job.output_uri)
+            rows.append(reports.result_row(job, None if video is None else str(video)))
+        return rows
 
     # -- changing --------------------------------------------------------------------------------
     def cancel(self, any_id: str) -> CancelReport:

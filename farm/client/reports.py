@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 #: Status names in display order (the values stored in the ledger).
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-#: URI scheme of outputs in the local content-addressed store.
-FILE_SCHEME = "file://"
 #: A group's ETA is shown once this many of its jobs were rendered to the end (and at least one
 #: per worker rendering it): before that there is no pace to go by.
 MIN_RENDERED_FOR_ETA = 2
@@ -27,13 +25,6 @@ MIN_RENDERED_FOR_ETA = 2
 
 def _status(value: Any) -> str:
     return str(getattr(value, "value", value))
-
-
-def output_path(uri: str | None) -> str | None:
-    """The local path of a ``file://`` output URI (``None`` for no URI or another scheme)."""
-    if uri is None or not uri.startswith(FILE_SCHEME):
-        return None
-    return uri.removeprefix(FILE_SCHEME)
 
 
 @dataclass(frozen=True)
@@ -177,8 +168,9 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def result_row(job: JobRecord) -> dict[str, Any]:
-    """One job as a results row (every key of :data:`RESULT_FIELDS`)."""
+def result_row(job: JobRecord, output: str | None) -> dict[str, Any]:
+    """One job as a results row (every key of :data:`RESULT_FIELDS`); ``output`` is the path the
+    output store gives its video."""
     return {
         "job_id": job.id,
         "batch_id": job.batch_id,
@@ -192,7 +184,7 @@ def result_row(job: JobRecord) -> dict[str, Any]:
         "priority": job.priority,
         "params": dict(job.params),
         "effective_params": None if job.effective_params is None else dict(job.effective_params),
-        "output": output_path(job.output_uri),
+        "output": output,
         "output_uri": job.output_uri,
         "file_sha256": job.file_sha256,
         "frames_sha256": job.frames_sha256,

@@ -48,12 +48,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-OffloadPolicy = Literal["none", "model", "expert", "sequential"]
-POLICIES: tuple[str, ...] = ("none", "model", "expert", "sequential")
+from farm.kinds import OffloadPolicy, values
+
+POLICIES: tuple[str, ...] = values(OffloadPolicy)
 #: Names of the expert modules (high-noise first).
 EXPERTS: tuple[str, ...] = ("transformer", "transformer_2")
 #: Where offloaded modules live (host memory), as written in the transfer log.

@@ -5,7 +5,8 @@
   queue on the busy timeout instead of failing on a lock upgrade). ``postgresql://`` URLs use
   psycopg 3.
 * :func:`alembic_config` — Alembic configured in code; the scripts live in the repository's
-  top-level ``migrations/`` directory (the package is installed editable).
+  top-level ``migrations/`` directory and ship inside the package as ``farm.ledger.migrations``
+  (pyproject's ``package-dir``), so an editable install, a wheel and a Docker image all find them.
 * :func:`upgrade`, :func:`downgrade`, :func:`current_revision`, :func:`head_revisions`,
   :func:`schema_diff` — the migration runner used by the gateway, ``farm db`` and the tests.
 
@@ -14,6 +15,7 @@ Callers outside the ledger go through :class:`farm.ledger.manager.Ledger`.
 
 from __future__ import annotations
 
+import importlib.resources
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,9 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-#: Where Alembic's env.py and versions/ live: the repository's top-level ``migrations/``, next to
-#: the ``farm`` package (found from this file, so it works whether or not ``farm`` is a namespace
-#: package).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: Where Alembic's env.py and versions/ live: the package ``farm.ledger.migrations`` (the
+#: repository's ``migrations/`` in an editable install, a copy inside a wheel).
+MIGRATIONS_DIR = Path(str(importlib.resources.files("farm.ledger.migrations")))
 #: Milliseconds an SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Execution option that makes a transaction on SQLite start with ``BEGIN IMMEDIATE``.

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from farm.kinds import Priority, WorkerState, values
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"
@@ -75,11 +77,11 @@ def parse_status(value: str) -> JobStatus:
 
 
 #: Priorities a job may have (the strings stored in the ledger).
-PRIORITIES: tuple[str, ...] = ("interactive", "batch")
+PRIORITIES: tuple[str, ...] = values(Priority)
 
 
 #: States a worker reports in the ``workers`` table.
-WORKER_STATES: tuple[str, ...] = ("starting", "idle", "busy", "circuit_open", "stopped")
+WORKER_STATES: tuple[str, ...] = values(WorkerState)
 
 
 #: States of a stored output (``outputs.state``): only ``ok`` outputs answer cache hits.

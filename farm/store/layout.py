@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from farm.errors import OutputRefused, StorageError
+from farm.kinds import OutputFormat, values
 from farm.store.files import TEMP_PREFIX, file_sha256, fsync_dir
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ QUARANTINE_DIRNAME = ".quarantine"
 STALE_TEMP_S = 3600.0
 FILE_SCHEME = "file"
 
-OUTPUT_FORMATS: tuple[str, ...] = ("mp4", "mp4+frames")
+OUTPUT_FORMATS: tuple[str, ...] = values(OutputFormat)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -198,12 +199,22 @@ class OutputStore:
         video = self.locate(uri)
         return None if video is None else video.with_name(POSTER_FILENAME)
 
-    def exists(self, uri: str | None) -> bool:
+    def existing_file(self, uri: str | None, *, poster: bool = False) -> Path | None:
+        """The resolved path of an output's video (or its poster) when it is a file inside the
+        store; None when it is missing or resolves outside the root."""
         video = self.locate(uri)
+        if video is None:
+            return None
+        target = video.with_name(POSTER_FILENAME) if poster else video
         try:
-            return video is not None and self._inside(video).is_file()
+            real = self._inside(target)
         except OutputRefused:
-            return False
+            return None
+        return real if real.is_file() else None
+
+    def exists(self, uri: str | None) -> bool:
+        """Whether an output's video is a file inside the store."""
+        return self.existing_file(uri) is not None
 
     # -- writing --------------------------------------------------------------------------------
     def put_render(self, frames: np.ndarray, fps: int, job_key: str, output_format: str = "mp4") -> StoredOutput:

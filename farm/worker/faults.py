@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from farm.errors import ExpectedError
 from farm.ledger import JobRecord
-from farm.runner import BeforeRender
+from farm.worker.runner import BeforeRender
 
 log = logging.getLogger(__name__)
 

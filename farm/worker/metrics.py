@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from farm.runner import CACHE_HIT, Outcome
+from farm.worker.runner import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ class WorkerMetrics:
 
     def observe(self, outcomes: Iterable[Outcome], *, consecutive_failures: int, circuit_open: bool) -> None:
         for outcome in outcomes:
-            self._jobs.labels(**self._labels, outcome=outcome.outcome).inc()
+            self._jobs.labels(**self._labels, outcome=outcome.outcome.value).inc()
             timings = outcome.record.timings if outcome.record is not None else None
-            if outcome.outcome == CACHE_HIT or not timings or timings.get("cache_hit"):
+            if outcome.outcome == OutcomeKind.CACHE_HIT or not timings or timings.get("cache_hit"):
                 continue
             self._observe_timings(timings)
         self._failures.set(consecutive_failures)

@@ -41,10 +41,15 @@ BAD_HEADERS = [
 
 
 def all_routes(app: object) -> list[tuple[str, str]]:
+    """Every (method, path) the app serves, routers included (FastAPI keeps an included router as
+    one entry that holds the original router)."""
     out = []
     for route in app.routes:  # type: ignore[attr-defined]
         if isinstance(route, APIRoute | Route):
             out.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+        elif (router := getattr(route, "original_router", None)) is not None:
+            out.extend(all_routes(router))
+    assert out, "no routes found: has FastAPI changed how it keeps included routers?"
     return out
 
 

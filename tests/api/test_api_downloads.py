@@ -2,7 +2,7 @@
 from inside FARM_OUTPUT_DIR; 404 before the job succeeded, 409 when the stored file is gone.
 
 The job is rendered for real: submitted through the API, then run in-process on the CPU through
-the same :class:`farm.runner.JobRunner` a worker uses (the test imports the engine; the API never
+the same :class:`farm.worker.runner.JobRunner` a worker uses (the test imports the engine; the API never
 does)."""
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def ledger(pg_url: str) -> Iterator[Ledger]:
 
 def render(ledger: Ledger, settings: Settings, engine: Any, job_id: str) -> None:
     """Run a queued job through the real runner, as a worker does."""
-    from farm.runner import JobRunner, worker_identity
     from farm.store import OutputStore
+    from farm.worker.runner import JobRunner
 
     runner = JobRunner(ledger=ledger, engine=engine, store=OutputStore(settings.outputs_path),
-                       worker_host=worker_identity("cpu"), worker_device="cpu", lease_s=60, heartbeat_s=5)
+                       worker_host="test-cpu@here", worker_device="cpu", lease_s=60, heartbeat_s=5)
     [outcome] = runner.run([job_id])
     assert outcome.outcome == "succeeded", outcome
 

@@ -132,7 +132,7 @@ def test_farm_flower_requires_basic_auth_and_shows_the_workers(
     # a real worker shows up under its farm node name
     worker = Server(["worker", "--device", "cpu"], env, tmp_path / "worker.log")
     servers.append(worker)
-    name = f"farm-cpu-{worker.proc.pid}@"
+    name = "farm-cpu@"  # the stable name: no process id
     deadline = time.monotonic() + START_TIMEOUT_S
     seen: list[str] = []
     while time.monotonic() < deadline and not any(n.startswith(name) for n in seen):
@@ -170,7 +170,7 @@ with TestClient(create_app(settings), headers={"Authorization": "Bearer " + sys.
     submitted = c.post("/v1/jobs", json={"prompt": "a fox", "seed": 1}).status_code
     batch = c.post("/v1/batches", json={"items": [{"prompt": "b", "seeds": [1, 2]}]}).status_code
     metrics = c.get("/metrics").status_code
-heavy = [m for m in ("torch", "diffusers", "transformers", "numpy", "farm.engine", "farm.queue.tasks")
+heavy = [m for m in ("torch", "diffusers", "transformers", "numpy", "farm.engine", "farm.worker.task")
          if m in sys.modules]
 print(json.dumps({"submitted": submitted, "batch": batch, "metrics": metrics, "heavy": heavy}))
 """

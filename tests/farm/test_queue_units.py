@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from farm_harness import FARM, FarmEnv, RedisServer, free_port
 
-from farm.cli.worker import DevicePlan, device_plan, node_name
 from farm.errors import BrokerUnavailable, InvalidInput, LedgerUnavailable, SpecError
 from farm.ledger import JobRecord
 from farm.queue.app import make_app, restore_interval
 from farm.queue.enqueue import enqueue_jobs, retrying
 from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_RENDER, parse_queues, queue_for
-from farm.queue.tasks import job_id_from_args
 from farm.settings import Settings
 from farm.worker.faults import InjectedFailure, apply_faults, parse_fault
+from farm.worker.main import DevicePlan, device_plan, node_name
+from farm.worker.task import job_id_from_args
 
 
 def test_names_and_routing() -> None:
@@ -154,14 +154,17 @@ def test_fault_tags(tmp_path: Path) -> None:
 def test_device_pinning_plan() -> None:
     plan = device_plan("cuda:3")
     assert plan == DevicePlan("cuda:3", "cuda:0", {"CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
-                              "farm-gpu3")
+                              "gpu3")
     assert device_plan("3") == plan
     import socket
 
     assert node_name(plan) == f"farm-gpu3@{socket.gethostname()}"
     assert node_name(plan, "mine@there") == "mine@there"
-    cpu = device_plan("cpu", pid=42)
-    assert cpu.torch_device == "cpu" and cpu.env == {"CUDA_VISIBLE_DEVICES": ""} and cpu.node == "farm-cpu-42"
+    cpu = device_plan("cpu")
+    assert cpu.torch_device == "cpu" and cpu.env == {"CUDA_VISIBLE_DEVICES": ""}
+    # one name format for every process that renders, stable across restarts (no process id)
+    assert node_name(cpu) == f"farm-cpu@{socket.gethostname()}"
+    assert node_name(cpu, role="render") == f"render-cpu@{socket.gethostname()}"
     for bad in ("gpu", "cuda", "cuda:x", "mps"):
         with pytest.raises(InvalidInput):
             device_plan(bad)
@@ -173,11 +176,11 @@ def test_worker_cli_pins_the_gpu_before_torch_is_imported() -> None:
     script = """
 import os, sys
 import farm.cli
-from farm.cli.worker import pin_device
+from farm.worker.main import pin_device
 assert "torch" not in sys.modules, "the CLI imported torch"
 plan = pin_device("cuda:3")
 assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-import farm.queue.app, farm.queue.tasks, farm.queue.enqueue, farm.worker.process, farm.worker.supervisor
+import farm.queue.app, farm.worker.task, farm.queue.enqueue, farm.worker.runtime, farm.worker.supervisor
 assert "torch" not in sys.modules, "a worker module imported torch"
 import torch
 try:

@@ -16,10 +16,10 @@ from farm_harness import SMALL
 from farm.errors import StorageError
 from farm.ledger import JobRecord, Ledger, NewJob
 from farm.queue.enqueue import retrying
-from farm.runner import CACHE_HIT, CANCELLED, RELEASED, SUCCEEDED, JobRunner
 from farm.settings import Settings
 from farm.spec import parse_spec
 from farm.worker.faults import apply_faults
+from farm.worker.runner import JobRunner, OutcomeKind
 
 T = TypeVar("T")
 
@@ -68,10 +68,10 @@ def test_cache_hit_after_the_model_loads(ledger: Ledger, engine: Any, tmp_path: 
     [a] = ledger.add_jobs([new_job(1, no_cache=True)])  # same key; no_cache: a normal job, not a follower
     runner = make_runner(ledger, engine, tmp_path)
     [done] = runner.run([a])
-    assert done.outcome == SUCCEEDED
+    assert done.outcome == OutcomeKind.SUCCEEDED
     assert ledger.model_fingerprint("tiny") == done.record.weights_fingerprint  # type: ignore[union-attr]
     [hit] = runner.run_claimed([claim(ledger, b)])
-    assert hit.outcome == CACHE_HIT
+    assert hit.outcome == OutcomeKind.CACHE_HIT
     job_b = ledger.get_job(b)
     assert job_b.status.value == "succeeded" and job_b.cache_of_job_id == a
     assert job_b.output_uri == ledger.get_job(a).output_uri
@@ -79,7 +79,7 @@ def test_cache_hit_after_the_model_loads(ledger: Ledger, engine: Any, tmp_path: 
     # no_cache jobs always render
     [c] = ledger.add_jobs([new_job(1, no_cache=True)])
     [again] = runner.run([c])
-    assert again.outcome == SUCCEEDED and ledger.get_job(c).cache_of_job_id is None
+    assert again.outcome == OutcomeKind.SUCCEEDED and ledger.get_job(c).cache_of_job_id is None
 
 
 def test_stop_hands_the_jobs_back(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_stop_hands_the_jobs_back(ledger: Ledger, engine: Any, tmp_path: Path) -
     finally:
         timer.cancel()
     assert time.monotonic() - started < 10
-    assert [o.outcome for o in outcomes] == [RELEASED, RELEASED, RELEASED]
+    assert [o.outcome for o in outcomes] == [OutcomeKind.RELEASED, OutcomeKind.RELEASED, OutcomeKind.RELEASED]
     for job in [ledger.get_job(i) for i in ids]:
         assert job.status.value == "queued" and job.attempts == 0 and job.enqueued_at is None
         assert [e.kind for e in ledger.events(job.id)][-1] == "released"
@@ -114,7 +114,7 @@ def test_a_lost_lease_stops_the_render(ledger: Ledger, engine: Any, tmp_path: Pa
     started = time.monotonic()
     [outcome] = runner.run_claimed([record])
     assert time.monotonic() - started < 10
-    assert outcome.outcome == CANCELLED
+    assert outcome.outcome == OutcomeKind.CANCELLED
     job = ledger.get_job(job_id)
     assert job.status.value == "cancelled" and job.output_uri is None
 
@@ -149,5 +149,5 @@ def test_transient_storage_errors_are_retried(ledger: Ledger, engine: Any, tmp_p
     runner = make_runner(ledger, engine, tmp_path, store=FlakyStore(), retry=retry)
     [job_id] = ledger.add_jobs([new_job(40)])
     [outcome] = runner.run([job_id])
-    assert outcome.outcome == SUCCEEDED and len(calls) == 2
+    assert outcome.outcome == OutcomeKind.SUCCEEDED and len(calls) == 2
     assert [e.kind for e in ledger.events(job_id)] == ["created", "claimed", "succeeded"]

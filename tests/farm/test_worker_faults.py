@@ -14,7 +14,7 @@ from farm.ledger import JobRecord
 
 def owner_of(env: FarmEnv, job: JobRecord) -> WorkerProc | None:
     host = job.worker_host or ""
-    return next((w for w in env.workers if w.alive() and host.startswith(f"{w.name}#")), None)
+    return next((w for w in env.workers if w.alive() and host == w.name), None)
 
 
 def test_sigkill_mid_render_three_times(farm_env: FarmEnv) -> None:
@@ -64,7 +64,7 @@ def test_redelivery_past_visibility_timeout_is_dropped(farm_env: FarmEnv) -> Non
     [job] = farm_env.wait_terminal([job_id], 120)
     assert job.status.value == "succeeded" and job.attempts == 1
     assert claimed_count(farm_env, job_id) == 1
-    renderer = (job.worker_host or "").partition("#")[0]
+    renderer = (job.worker_host or "")
     drops = [
         (w.name, line) for w in farm_env.workers for line in w.text().splitlines()
         if job_id in line and "not claimable (status running" in line

@@ -6,7 +6,7 @@ each test deletes only the farm's two queue keys on its own server).
   waiting, decoded from the Celery messages), ``take(queue)`` (pop them, as a worker would);
 * ``settings`` / ``client`` — farm settings and a :class:`farm.client.Client` on both;
 * ``work`` — a stand-in worker: pops every waiting message and runs the jobs through the real
-  :class:`farm.runner.JobRunner` on the built-in tiny model, in-process on the CPU;
+  :class:`farm.worker.runner.JobRunner` on the built-in tiny model, in-process on the CPU;
 * ``farm_env`` / ``run_farm`` — the ``farm`` console script as a subprocess on the same services.
 """
 

@@ -3,7 +3,7 @@ message (and fast); ``no_cache`` renders anyway; identical jobs submitted togeth
 leader (rendered once) and followers (answered when it succeeds).
 
 Jobs are rendered for real: the messages are popped from the private Redis and run through
-:class:`farm.runner.JobRunner` on the built-in tiny model (see ``conftest.work``).
+:class:`farm.worker.runner.JobRunner` on the built-in tiny model (see ``conftest.work``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from producer_helpers import Broker, write_manifest
 
 from farm.settings import Settings
 
-HEAVY = ("torch", "diffusers", "transformers", "numpy", "farm.engine", "farm.queue.tasks", "farm.runner")
+HEAVY = ("torch", "diffusers", "transformers", "numpy", "farm.engine", "farm.worker.task", "farm.worker.runner")
 
 _CHILD = """
 import json, sys

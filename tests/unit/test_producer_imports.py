@@ -26,7 +26,7 @@ PRODUCER_MODULES += [
     *(f"farm.cli.{name}" for name in ("submit", "batch", "status", "results", "library", "audit")),
 ]
 #: Modules producers never import (they send by task name).
-NEVER = ("farm.engine", "farm.queue.tasks", "farm.store.encode")
+NEVER = ("farm.engine", "farm.worker.task", "farm.store.encode")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "day.yaml"
 
 _CHILD = """

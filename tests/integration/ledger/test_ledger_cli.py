@@ -141,13 +141,16 @@ def test_jobs_list_and_show(backend: str, request: pytest.FixtureRequest, tmp_pa
 
 def test_jobs_show_unknown_id_fails_clearly(sqlite_url: str, tmp_path: Path) -> None:
     env = {"FARM_DATA_DIR": str(tmp_path), "FARM_DATABASE_URL": sqlite_url}
-    done = farm("jobs", "show", "no-such-job", env=env)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    done = farm("jobs", "show", unknown, env=env)
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.strip() == "error: no job with id 'no-such-job'"
-    as_json = farm("jobs", "show", "no-such-job", "--json", env=env)
+    assert done.stderr.strip() == f"error: no job with id '{unknown}'"
+    as_json = farm("jobs", "show", unknown, "--json", env=env)
     assert as_json.returncode == 1
-    assert json.loads(as_json.stdout) == {"error": "JobNotFound", "message": "no job with id 'no-such-job'"}
+    assert json.loads(as_json.stdout) == {"error": "JobNotFound", "message": f"no job with id '{unknown}'"}
+    malformed = farm("jobs", "show", "no-such-job", env=env)  # not an id at all: bad input, exit 2
+    assert malformed.returncode == 2 and "job_id: must be a job or batch id" in malformed.stderr
 
 
 def test_jobs_list_on_a_fresh_embedded_data_dir(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The one Celery task, ``farm.render``: a job id in, :func:`farm.worker.process.process` does the work.
+"""The one Celery task, ``farm.render``: a job id in, :func:`farm.worker.runtime.process` does the work.
 
 The task is thin on purpose: the message is only a wake-up. It checks that its one argument is a
 job id (a UUID string) — anything else is rejected with a log line, never executed — and maps the
@@ -42,7 +42,7 @@ def job_id_from_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | Non
 
 def render(task: Task, *args: Any, **kwargs: Any) -> str:
     """The body of ``farm.render`` (see the module docstring). Returns the first job's outcome."""
-    from farm.worker.process import process
+    from farm.worker.runtime import process
 
     delivery = getattr(task.request, "delivery_info", None) or {}
     job_id = job_id_from_args(args, kwargs)

@@ -31,12 +31,11 @@ this module is cheap.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from farm.errors import IllegalTransition, RenderCancelled, TransientError, classify
@@ -45,29 +44,64 @@ from farm.ledger.records import OutputMark
 from farm.spec import compatibility_key
 
 if TYPE_CHECKING:
-    from farm.engine.render import Engine, RenderResult
+    import numpy as np
+
+    from farm.settings import Settings
     from farm.store import OutputStore
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Outcome names (what happened to one job handed to :meth:`JobRunner.run`).
-SUCCEEDED = "succeeded"
-CACHE_HIT = "cache-hit"
-FAILED = "failed"
-RETRY = "retry"
-CANCELLED = "cancelled"
-DROPPED = "dropped"
-RELEASED = "released"
-#: The outcome could not be written (the ledger stayed unreachable through the retries): the
-#: lease expires and the reaper queues the job again; its output, if any, stays in the store.
-UNRECORDED = "unrecorded"
+class OutcomeKind(StrEnum):
+    """What happened to one job handed to :meth:`JobRunner.run`."""
+
+    SUCCEEDED = "succeeded"
+    CACHE_HIT = "cache-hit"
+    FAILED = "failed"
+    RETRY = "retry"
+    CANCELLED = "cancelled"
+    DROPPED = "dropped"
+    RELEASED = "released"
+    #: The outcome could not be written (the ledger stayed unreachable through the retries): the
+    #: lease expires and the reaper queues the job again; its output, if any, stays in the store.
+    UNRECORDED = "unrecorded"
 
 
-def worker_identity(device: str) -> str:
-    """A worker's name in the ledger: host, device and process (unique per process)."""
-    return f"{socket.gethostname()}/{device}/{os.getpid()}"
+#: Called at every denoising step with (job index, step, total steps, phase); False stops that job.
+StepCallback = Callable[[int, int, int, str], "bool | None"]
+
+
+class LoadedModel(Protocol):
+    """What the runner needs of a loaded model."""
+
+    @property
+    def weights_fingerprint(self) -> str: ...
+
+
+class RenderedJob(Protocol):
+    """What the runner needs of one job's render (:class:`farm.engine.render.RenderResult`)."""
+
+    @property
+    def frames(self) -> np.ndarray | None: ...
+    @property
+    def effective_params(self) -> dict[str, Any]: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def degraded(self) -> bool: ...
+
+
+class RenderEngine(Protocol):
+    """The render engine the runner drives (:class:`farm.engine.render.Engine`; unit tests plug in
+    a fake one)."""
+
+    def load(self, model_name: str) -> LoadedModel: ...
+
+    def render(self, canons: Sequence[Mapping[str, Any]],
+               on_step: StepCallback | None = None) -> Sequence[RenderedJob]: ...
 
 
 class Retry(Protocol):
@@ -89,13 +123,29 @@ BeforeRender = Callable[[Sequence[JobRecord], Callable[[], bool]], Mapping[str, 
 
 @dataclass
 class Outcome:
+    """One job's outcome (with its record as the ledger has it now, when known)."""
+
     job_id: str
-    outcome: str
+    outcome: OutcomeKind
     record: JobRecord | None = None
     error: str | None = None
     #: A failure that says the worker is unwell (counts towards its circuit breaker); a job's own
     #: problem (a spec the model cannot render, a refused output location) does not.
     worker_fault: bool = False
+
+
+@dataclass
+class _Group:
+    """A compatible group on its way through the steps: the jobs, their heartbeat and the outcomes
+    recorded so far (each recorded outcome ends its job's heartbeats)."""
+
+    jobs: list[JobRecord]
+    beat: Heartbeat
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def done(self, outcome: Outcome) -> None:
+        self.beat.finish(outcome.job_id)
+        self.outcomes[outcome.job_id] = outcome
 
 
 class Heartbeat:
@@ -156,7 +206,7 @@ class JobRunner:
     """Runs ledger jobs on one engine (one device) for one worker identity."""
 
     ledger: Ledger
-    engine: Engine
+    engine: RenderEngine
     store: OutputStore
     worker_host: str
     worker_device: str
@@ -183,7 +233,7 @@ class JobRunner:
         for job_id in job_ids:
             record = self.claim(job_id)
             if record is None:
-                outcomes[job_id] = Outcome(job_id, DROPPED, self.ledger.get_job(job_id))
+                outcomes[job_id] = Outcome(job_id, OutcomeKind.DROPPED, self.ledger.get_job(job_id))
                 log.info("job %s not claimable (already taken or finished): dropped", job_id)
             else:
                 claimed.append(record)
@@ -227,61 +277,87 @@ class JobRunner:
         return [group[i : i + size] for group in by_key.values() for i in range(0, len(group), size)] + alone
 
     def _render_group(self, jobs: list[JobRecord], beat: Heartbeat) -> list[Outcome]:
-        outcomes: dict[str, Outcome] = {}
+        """One compatible group through the named steps: :meth:`load_model` ->
+        :meth:`answer_cache_hits` -> :meth:`render_batch` -> :meth:`store_and_record`."""
+        group = _Group(jobs, beat)
+        loaded = self.load_model(group)
+        if loaded is not None:
+            fingerprint, load_s = loaded
+            todo = self.answer_cache_hits(group, fingerprint)
+            todo = self._inject_faults(group, todo)
+            rendered = self.render_batch(group, todo)
+            self.store_and_record(group, rendered, fingerprint, load_s)
+        return [group.outcomes[j.id] for j in jobs]
 
-        def done(outcome: Outcome) -> None:
-            beat.finish(outcome.job_id)
-            outcomes[outcome.job_id] = outcome
-
-        load_started = time.perf_counter()
+    def load_model(self, group: _Group) -> tuple[str, float] | None:
+        """Load the group's model (kept warm by the engine) and register its weights fingerprint:
+        ``(fingerprint, load seconds)``, or None when it could not load (every job's outcome set)."""
+        started = time.perf_counter()
+        model = group.jobs[0].model_name
         try:
-            components = self.engine.load(jobs[0].model_name)
+            components = self.engine.load(model)
         except Exception as exc:
-            return [self.handle_error(job, exc) for job in jobs]
-        load_s = time.perf_counter() - load_started
-        fingerprint = components.weights_fingerprint
-        self._register_model(jobs[0].model_name, fingerprint)
+            for job in group.jobs:
+                group.done(self.handle_error(job, exc))
+            return None
+        self._register_model(model, components.weights_fingerprint)
+        return components.weights_fingerprint, time.perf_counter() - started
 
-        todo: list[int] = []
-        for i, job in enumerate(jobs):
+    def answer_cache_hits(self, group: _Group, fingerprint: str) -> list[JobRecord]:
+        """Answer the jobs whose output already exists (see :meth:`_cache_hit`); the rest."""
+        todo = []
+        for job in group.jobs:
             hit = self._cache_hit(job, fingerprint) if self.use_cache and not job.no_cache else None
-            if hit is not None:
-                done(hit)
+            if hit is None:
+                todo.append(job)
             else:
-                todo.append(i)
-        if todo and self.before_render is not None:
-            failing = self.before_render([jobs[i] for i in todo],
-                                         lambda: self._all_stopped(beat, [jobs[i].id for i in todo]))
-            for i in [i for i in todo if jobs[i].id in failing]:
-                done(self.handle_error(jobs[i], failing[jobs[i].id]))
-            todo = [i for i in todo if jobs[i].id not in failing]
+                group.done(hit)
+        return todo
+
+    def _inject_faults(self, group: _Group, todo: list[JobRecord]) -> list[JobRecord]:
+        if not todo or self.before_render is None:
+            return todo
+        ids = [j.id for j in todo]
+        failing = self.before_render(todo, lambda: self._all_stopped(group.beat, ids))
+        for job in todo:
+            if job.id in failing:
+                group.done(self.handle_error(job, failing[job.id]))
+        return [j for j in todo if j.id not in failing]
+
+    def render_batch(self, group: _Group, todo: list[JobRecord]) -> list[tuple[JobRecord, RenderedJob]]:
+        """Render the jobs together (expert-phase batching); each step reports progress to the
+        heartbeat and stops a job whose lease was lost (or every job, at a shutdown deadline)."""
         if not todo:
-            return [outcomes[j.id] for j in jobs]
+            return []
+        beat = group.beat
 
         def on_step(index: int, step: int, total: int, phase: str) -> bool | None:
-            job_id = jobs[todo[index]].id
+            job_id = todo[index].id
             beat.progress[job_id] = step / max(1, total)
             if job_id in beat.lost or self.stop.is_set():
                 return False
             return None
 
         try:
-            results = self.engine.render([dict(jobs[i].params) for i in todo], on_step=on_step)
+            results = self.engine.render([dict(j.params) for j in todo], on_step=on_step)
         except Exception as exc:
-            for i in todo:
-                done(self.handle_error(jobs[i], exc))
-            return [outcomes[j.id] for j in jobs]
-        for i, result in zip(todo, results, strict=True):
-            job = jobs[i]
-            lost = job.id in beat.lost
+            for job in todo:
+                group.done(self.handle_error(job, exc))
+            return []
+        return list(zip(todo, results, strict=True))
+
+    def store_and_record(self, group: _Group, rendered: list[tuple[JobRecord, RenderedJob]], fingerprint: str,
+                         load_s: float) -> None:
+        """Store each render's files and record its outcome (a stopped render: cancelled or
+        handed back)."""
+        for job, result in rendered:
             if result.cancelled or result.frames is None:
-                done(self.handle_cancelled(job, lost_lease=lost))
+                group.done(self.handle_cancelled(job, lost_lease=job.id in group.beat.lost))
                 continue
             try:
-                done(self.handle_success(job, result, fingerprint, load_s))
+                group.done(self.handle_success(job, result, fingerprint, load_s))
             except Exception as exc:
-                done(self.handle_error(job, exc))
-        return [outcomes[j.id] for j in jobs]
+                group.done(self.handle_error(job, exc))
 
     def _all_stopped(self, beat: Heartbeat, job_ids: Sequence[str]) -> bool:
         return self.stop.is_set() or all(j in beat.lost for j in job_ids)
@@ -326,11 +402,11 @@ class JobRunner:
             record = self.retry(f"recording cache hit for job {job.id}", lambda: self.ledger.record_cache_hit(
                 job.id, original.id, worker_host=self.worker_host), durable=True)
         except IllegalTransition:
-            return Outcome(job.id, DROPPED, None, "lost the job before recording")
+            return Outcome(job.id, OutcomeKind.DROPPED, None, "lost the job before recording")
         except TransientError as exc:
-            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
+            return Outcome(job.id, OutcomeKind.UNRECORDED, None, f"{type(exc).__name__}: {exc}")
         log.info("job %s: answered from job %s (same job key and weights)", job.id, original.id)
-        return Outcome(job.id, CACHE_HIT, record)
+        return Outcome(job.id, OutcomeKind.CACHE_HIT, record)
 
     # -- outcome handlers -----------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
@@ -341,7 +417,7 @@ class JobRunner:
         return self._env
 
     def handle_success(
-        self, job: JobRecord, result: RenderResult, weights_fingerprint: str, load_s: float
+        self, job: JobRecord, result: RenderedJob, weights_fingerprint: str, load_s: float
     ) -> Outcome:
         effective = result.effective_params
         frames = result.frames
@@ -376,12 +452,12 @@ class JobRunner:
             # Cancelled, or our lease expired and the job moved on: the output stays in the store
             # (content-addressed, so a later render of the same job finds the same file).
             log.warning("job %s: finished but no longer ours; output kept at %s", job.id, stored.uri)
-            return Outcome(job.id, DROPPED, None, "lost the job before recording")
+            return Outcome(job.id, OutcomeKind.DROPPED, None, "lost the job before recording")
         except TransientError as exc:
             log.error("job %s: success not recorded (%s); output kept at %s, the reaper queues it again",
                       job.id, exc, stored.uri)
-            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
-        return Outcome(job.id, SUCCEEDED, record)
+            return Outcome(job.id, OutcomeKind.UNRECORDED, None, f"{type(exc).__name__}: {exc}")
+        return Outcome(job.id, OutcomeKind.SUCCEEDED, record)
 
     def handle_error(self, job: JobRecord, exc: BaseException) -> Outcome:
         """An attempt raised: :func:`farm.errors.classify` decides between a retry and a failure,
@@ -403,7 +479,7 @@ class JobRunner:
 
     def handle_cancelled(self, job: JobRecord, *, lost_lease: bool) -> Outcome:
         if lost_lease:
-            return Outcome(job.id, CANCELLED, None, "lease lost")
+            return Outcome(job.id, OutcomeKind.CANCELLED, None, "lease lost")
         if self.stop.is_set():
             return self.handle_release(job, "worker shutting down")
         # Stopped by the step callback for another reason: hand it back as a retry.
@@ -415,9 +491,9 @@ class JobRunner:
             record = self.retry(f"releasing job {job.id}", lambda: self.ledger.release(
                 job.id, worker_host=self.worker_host, reason=reason), durable=True)
         except TransientError as exc:
-            return Outcome(job.id, UNRECORDED, None, f"{type(exc).__name__}: {exc}")
+            return Outcome(job.id, OutcomeKind.UNRECORDED, None, f"{type(exc).__name__}: {exc}")
         log.warning("job %s handed back: %s", job.id, reason)
-        return Outcome(job.id, RELEASED if record is not None else DROPPED, record, reason)
+        return Outcome(job.id, OutcomeKind.RELEASED if record is not None else OutcomeKind.DROPPED, record, reason)
 
     def _record_error(self, job: JobRecord, exc: BaseException, *, retry: bool, worker_fault: bool) -> Outcome:
         error_type = type(exc).__name__
@@ -427,9 +503,30 @@ class JobRunner:
                 job.id, error_type=error_type, error_message=message, retry=retry, worker_host=self.worker_host,
             ), durable=True)
         except IllegalTransition:
-            return Outcome(job.id, DROPPED, None, str(exc))
+            return Outcome(job.id, OutcomeKind.DROPPED, None, str(exc))
         except TransientError as error:
             log.error("job %s: failure not recorded (%s)", job.id, error)
-            return Outcome(job.id, UNRECORDED, None, f"{error_type}: {exc}")
-        outcome = RETRY if record.status.value == "queued" else FAILED
+            return Outcome(job.id, OutcomeKind.UNRECORDED, None, f"{error_type}: {exc}")
+        outcome = OutcomeKind.RETRY if record.status.value == "queued" else OutcomeKind.FAILED
         return Outcome(job.id, outcome, record, f"{error_type}: {exc}", worker_fault)
+
+
+def build_runner(settings: Settings, ledger: Ledger, *, owner: str, device: str, retry: Retry = call_once,
+                 before_render: BeforeRender | None = None) -> JobRunner:
+    """The runner a worker process and ``farm render`` both use: the engine and the output store
+    the settings name, the leases and phase batches they set. Imports torch (the engine)."""
+    from farm.engine.render import Engine
+    from farm.store import OutputStore
+
+    return JobRunner(
+        ledger=ledger,
+        engine=Engine.from_settings(settings),
+        store=OutputStore(settings.outputs_path),
+        worker_host=owner,
+        worker_device=device,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        phase_batch=settings.phase_batch,
+        retry=retry,
+        before_render=before_render,
+    )

@@ -11,8 +11,8 @@ process that loaded the model). For each message (one job id):
    together (for a batch job: interactive jobs first, then the oldest; an interactive job is
    batched only with interactive jobs); their own messages arrive later and are dropped. A job
    attempted before is never batched (poison isolation: see
-   :meth:`farm.runner.JobRunner.run_claimed`);
-4. run them through :class:`farm.runner.JobRunner` (built on the first job: the engine, and torch,
+   :meth:`farm.worker.runner.JobRunner.run_claimed`);
+4. run them through :class:`farm.worker.runner.JobRunner` (built on the first job: the engine, and torch,
    are imported then), which heartbeats their leases from a background thread;
 5. jobs that went back to queued (transient failure) get a fresh message at once; the circuit
    breaker counts failed jobs in a row and, at ``FARM_CIRCUIT_BREAKER_FAILURES``, cancels the
@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from farm.errors import ExpectedError, TransientError
 from farm.ledger import JobRecord, Ledger
 from farm.queue.enqueue import reap, retrying, send_jobs
-from farm.runner import CACHE_HIT, DROPPED, FAILED, RELEASED, RETRY, SUCCEEDED, JobRunner, Outcome
 from farm.settings import Settings, process_environment
+from farm.worker.main import DEFAULT_STOP_TIMEOUT_S
 from farm.worker.metrics import WorkerMetrics, metrics_port
+from farm.worker.runner import JobRunner, Outcome, OutcomeKind, build_runner
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -60,8 +61,6 @@ T = TypeVar("T")
 
 #: Recording an outcome whose output is stored retries at least this long (or the lease).
 DURABLE_RETRY_MIN_S = 120.0
-#: Default seconds a warm shutdown waits for the current render before handing its jobs back.
-DEFAULT_STOP_TIMEOUT_S = 60.0
 
 
 class CircuitOpen(TransientError):
@@ -83,9 +82,10 @@ class WorkerConfig:
 
     @property
     def owner(self) -> str:
-        """The lease owner recorded with claimed jobs: the node name and the process id, so a
-        restarted worker never mistakes its predecessor's jobs for its own."""
-        return f"{self.hostname}#{self.pid}"
+        """The lease owner recorded with claimed jobs: the node name, stable across restarts. A
+        restarted worker never takes over its predecessor's jobs: it claims queued jobs only, and
+        heartbeats and records only the jobs it claimed itself."""
+        return self.hostname
 
 
 class WorkerRuntime:
@@ -131,25 +131,12 @@ class WorkerRuntime:
             return self._runner
 
     def _build_runner(self) -> JobRunner:
-        from farm.engine.render import Engine
-        from farm.store import OutputStore
         from farm.worker.faults import make_hook
 
-        s = self.settings
-        if s.fault_injection:
+        if self.settings.fault_injection:
             log.warning("fault injection is ON (FARM_FAULT_INJECTION): jobs tagged 'fault' misbehave on purpose")
-        return JobRunner(
-            ledger=self.ledger,
-            engine=Engine.from_settings(s),
-            store=OutputStore(s.outputs_path),
-            worker_host=self.config.owner,
-            worker_device=self.config.device,
-            lease_s=s.lease_s,
-            heartbeat_s=s.heartbeat_s,
-            phase_batch=s.phase_batch,
-            retry=self.retry,
-            before_render=make_hook(s.fault_injection),
-        )
+        return build_runner(self.settings, self.ledger, owner=self.config.owner, device=self.config.device,
+                            retry=self.retry, before_render=make_hook(self.settings.fault_injection))
 
     # -- retries ------------------------------------------------------------------------------
     def retry(self, what: str, fn: Callable[[], T], *, durable: bool = False) -> T:
@@ -173,7 +160,7 @@ class WorkerRuntime:
         try:
             claimed = self._claim(job_id)
             if not claimed:
-                return [Outcome(job_id, DROPPED)]
+                return [Outcome(job_id, OutcomeKind.DROPPED)]
             self._set_state("busy")
             try:
                 outcomes = runner.run_claimed(claimed)
@@ -183,7 +170,7 @@ class WorkerRuntime:
         except (TransientError, ExpectedError):
             raise
         except Exception as exc:  # a bug: count it, so that a worker that always fails stops consuming
-            self._count([Outcome(job_id, FAILED, None, f"{type(exc).__name__}: {exc}", worker_fault=True)])
+            self._count([Outcome(job_id, OutcomeKind.FAILED, None, f"{type(exc).__name__}: {exc}", worker_fault=True)])
             raise
         self._after(outcomes)
         return outcomes
@@ -224,7 +211,7 @@ class WorkerRuntime:
         log.info("job %s not claimable (status %s%s): message dropped", job_id, job.status.value, where)
 
     def _after(self, outcomes: list[Outcome]) -> None:
-        requeued = [o.job_id for o in outcomes if o.outcome in (RETRY, RELEASED)]
+        requeued = [o.job_id for o in outcomes if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)]
         if requeued:
             self._send_again(requeued)
         self._count(outcomes)
@@ -234,10 +221,10 @@ class WorkerRuntime:
         resets it; a job's own problem, such as a refused output location, neither counts nor
         resets: it says nothing about the worker)."""
         for o in outcomes:
-            if o.outcome in (SUCCEEDED, CACHE_HIT):
+            if o.outcome in (OutcomeKind.SUCCEEDED, OutcomeKind.CACHE_HIT):
                 self.consecutive_failures = 0
                 self.jobs_succeeded += 1
-            elif o.outcome in (FAILED, RETRY):
+            elif o.outcome in (OutcomeKind.FAILED, OutcomeKind.RETRY):
                 self.jobs_failed += 1
                 if o.worker_fault:
                     self.consecutive_failures += 1
@@ -418,7 +405,7 @@ def configure(config: WorkerConfig, app: Celery) -> WorkerRuntime:
 def current() -> WorkerRuntime:
     """This process's runtime (the task calls it)."""
     if _runtime is None:
-        raise RuntimeError("farm.worker.process.configure() was not called in this process")
+        raise RuntimeError("farm.worker.runtime.configure() was not called in this process")
     return _runtime
 
 

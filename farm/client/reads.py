@@ -1,0 +1,116 @@
+"""The client's read operations: jobs, batches, events, workers and output files, as the ledger
+and the output store have them. :class:`farm.client.Client` inherits them; the HTTP API and the
+CLI read through them and never touch the ledger themselves.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from farm.errors import InvalidInput, OutputMissing, OutputNotReady
+from farm.ledger.status import JobStatus, parse_status
+
+if TYPE_CHECKING:
+    from farm.ledger import Ledger
+    from farm.ledger.records import BatchRecord, EventRecord, JobRecord, WorkerRecord
+    from farm.store import OutputStore
+
+#: Most jobs one list call returns.
+MAX_LIST_LIMIT = 10_000
+#: Download kinds: the media type and the extension of the file served.
+DOWNLOADS: dict[str, tuple[str, str]] = {"video": ("video/mp4", "mp4"), "poster": ("image/png", "png")}
+
+
+def check_id(value: object, field: str = "id") -> str:
+    """A job or batch id: a UUID in its text form."""
+    import uuid
+
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidInput.one(field, "uuid", f"must be a job or batch id (a UUID), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A job's file to serve: its path inside the output store, media type and a download name."""
+
+    path: Path
+    media_type: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch and how many of its jobs are in each status."""
+
+    batch: BatchRecord
+    counts: dict[str, int]
+
+    @property
+    def done(self) -> bool:
+        return sum(n for s, n in self.counts.items() if JobStatus(s).terminal) >= self.batch.job_count
+
+
+class ReadOps:
+    """Reading what the farm recorded (mixed into :class:`farm.client.Client`)."""
+
+    ledger: Ledger
+    store: OutputStore
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """Every recorded field of one job (:class:`~farm.errors.JobNotFound` if unknown)."""
+        return self.ledger.get_job(check_id(job_id, "job_id"))
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        return self.ledger.get_batch(check_id(batch_id, "batch_id"))
+
+    def batch_view(self, batch_id: str) -> BatchView:
+        batch = self.get_batch(batch_id)
+        return BatchView(batch, {s.value: n for s, n in self.ledger.batch_counts(batch.id).items()})
+
+    def list_jobs(self, *, batch_id: str | None = None, status: str | None = None, starred: bool | None = None,
+                  limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        """Jobs, newest first, optionally of one batch, in one status, starred or not."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInput.one("limit", "range", f"must be 1-{MAX_LIST_LIMIT}, got {limit}")
+        if offset < 0:
+            raise InvalidInput.one("offset", "non_negative", f"must be >= 0, got {offset}")
+        checked_status = None
+        if status is not None:
+            try:
+                checked_status = parse_status(status)
+            except ValueError as exc:
+                raise InvalidInput.one("status", "known_status", str(exc)) from None
+        batch = None if batch_id is None else check_id(batch_id, "batch_id")
+        return self.ledger.list_jobs(batch_id=batch, status=checked_status, starred=starred, limit=limit,
+                                     offset=offset)
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        """The job's event trail, oldest first."""
+        return self.ledger.events(check_id(job_id, "job_id"))
+
+    def workers(self) -> list[WorkerRecord]:
+        """Every worker the ledger has seen (state, device, counters, last seen)."""
+        return self.ledger.list_workers()
+
+    def download(self, job_id: str, kind: str) -> Download:
+        """A succeeded job's video or poster, located by the output store (never a path from the
+        caller): :class:`~farm.errors.OutputNotReady` before it succeeded,
+        :class:`~farm.errors.OutputMissing` when its file is gone."""
+        if kind not in DOWNLOADS:
+            raise InvalidInput.one("kind", "known_kind", f"must be one of {', '.join(DOWNLOADS)}, got {kind!r}")
+        job = self.get_job(job_id)
+        if job.status is not JobStatus.SUCCEEDED or not job.output_uri:
+            raise OutputNotReady(f"job {job.id} is {job.status.value}: it has no {kind} yet")
+        path = self.store.existing_file(job.output_uri, poster=kind == "poster")
+        if path is None:
+            raise OutputMissing(f"job {job.id}'s {kind} file is missing from the output store")
+        media, ext = DOWNLOADS[kind]
+        return Download(path, media, f"{job.id}.{ext}")

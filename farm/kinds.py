@@ -1,0 +1,55 @@
+"""The closed sets farm's settings, spec, CLI and ledger share, as string enums (their values are
+what is stored, sent and typed on a command line). Dependency-free: every layer may import it.
+
+:class:`farm.ledger.status.JobStatus` (the job state machine) and
+:class:`farm.worker.runner.OutcomeKind` live with the code that owns them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Priority(StrEnum):
+    """Which queue a job goes to: someone is waiting, or a batch."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class WorkerState(StrEnum):
+    """A worker process's state in the ``workers`` table."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    CIRCUIT_OPEN = "circuit_open"
+    STOPPED = "stopped"
+
+
+class OffloadPolicy(StrEnum):
+    """Where a model's components live between uses (see :mod:`farm.engine.placement`)."""
+
+    NONE = "none"
+    MODEL = "model"
+    EXPERT = "expert"
+    SEQUENTIAL = "sequential"
+
+
+class OutputFormat(StrEnum):
+    """What a render writes besides its MP4 and poster."""
+
+    MP4 = "mp4"
+    MP4_FRAMES = "mp4+frames"
+
+
+class Sampler(StrEnum):
+    """The denoising schedulers a spec may name."""
+
+    UNIPC = "unipc"
+    EULER = "euler"
+
+
+def values(kind: type[StrEnum]) -> tuple[str, ...]:
+    """The enum's values, in definition order (for click choices, CHECK constraints, messages)."""
+    return tuple(member.value for member in kind)

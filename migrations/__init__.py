@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the farm ledger (installed as ``farm.ledger.migrations``)."""

@@ -1,0 +1,1 @@
+"""Alembic revisions (loaded by Alembic by path; never imported by farm)."""
