@@ -39,6 +39,9 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 7200
 DEFAULT_REAP_INTERVAL_S = 30
 #: A queued job whose message was sent this long ago and never claimed is enqueued again.
 DEFAULT_REENQUEUE_AFTER_S = 7200
+#: A queued job whose message was sent this long ago while its queue is empty lost its message
+#: (its producer died between commit and send, or the broker lost it): the reaper sends it again.
+DEFAULT_LOST_MESSAGE_GRACE_S = 60
 #: Consecutive failed jobs after which a worker stops taking work (circuit breaker).
 DEFAULT_CIRCUIT_BREAKER_FAILURES = 3
 #: Transient-error retries inside one attempt: first delay, cap (seconds) and count.
@@ -84,6 +87,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     reap_interval_s: float = Field(default=DEFAULT_REAP_INTERVAL_S, gt=0)
     reenqueue_after_s: float = Field(default=DEFAULT_REENQUEUE_AFTER_S, gt=0)
+    lost_message_grace_s: float = Field(default=DEFAULT_LOST_MESSAGE_GRACE_S, gt=0)
     circuit_breaker_failures: int = Field(default=DEFAULT_CIRCUIT_BREAKER_FAILURES, ge=1)
     retry_base_s: float = Field(default=DEFAULT_RETRY_BASE_S, ge=0)
     retry_cap_s: float = Field(default=DEFAULT_RETRY_CAP_S, ge=0)

@@ -311,7 +311,7 @@ class RenderSpec(BaseModel):
 
     @property
     def job_key(self) -> str:
-        return job_key_of(self.render_params())
+        return job_key_from_canonical(self.canonical())
 
     def with_seed(self, seed: int, strategy: SeedStrategy) -> RenderSpec:
         """A copy with another seed (checked)."""
@@ -336,6 +336,11 @@ def compat_digest(canon: Mapping[str, Any]) -> str:
 def canonical_json(data: Mapping[str, Any]) -> str:
     """Deterministic JSON: sorted keys, no spaces, UTF-8 text; floats in shortest round-trip form."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def job_key_from_canonical(canon: Mapping[str, Any]) -> str:
+    """The job key of a spec's canonical form (:meth:`RenderSpec.canonical`)."""
+    return job_key_of({k: canon[k] for k in sorted(RENDER_FIELDS)})
 
 
 def job_key_of(render_params: Mapping[str, Any]) -> str:

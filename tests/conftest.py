@@ -1,11 +1,19 @@
-"""Shared fixtures: throwaway ledger databases.
+"""Shared fixtures of every tier: throwaway ledger databases and a private Redis.
 
 * ``pg_url`` — a fresh Postgres database migrated to head (copied from a session template);
 * ``pg_empty_url`` — a fresh, empty Postgres database;
-* ``sqlite_url`` — a fresh SQLite file migrated to head; ``sqlite_empty_url`` — one not created yet.
+* ``sqlite_url`` — a fresh SQLite file migrated to head; ``sqlite_empty_url`` — one not created yet;
+* ``redis_server`` — a private ``redis-server`` per test (:class:`private_redis.PrivateRedis`); the
+  producer suite overrides it with one per module, the farm fault tests with a restartable AOF one.
 
 Postgres fixtures FAIL when the server is unreachable, unless ``FARM_TEST_ALLOW_NO_PG=1`` (then
 they skip). Every test that uses one is marked ``postgres`` automatically. See ``tests/pg.py``.
+
+Tiers (one folder each, marked automatically by folder: ``pytest -m unit`` etc.): ``unit`` (no
+services, no worker processes), ``integration`` (Postgres, a private Redis, the tiny model
+in-process), ``acceptance`` (real ``farm`` processes), ``migration``, ``gpu`` (opt-in). Shared helper
+modules (``pg``, ``private_redis``, ``api_helpers``, ``engine_helpers``) live here in ``tests/``
+(on ``pythonpath``); a helper used by one folder only lives in that folder.
 """
 
 from __future__ import annotations
@@ -17,16 +25,41 @@ from pathlib import Path
 import pg
 import psycopg
 import pytest
+from private_redis import PrivateRedis
 
 from farm.ledger import db
 
 POSTGRES_FIXTURE = "pg_admin"
+#: Fixtures that start or reach a service: a unit test may use none of them.
+SERVICE_FIXTURES = (POSTGRES_FIXTURE, "redis_server")
+TESTS_DIR = Path(__file__).resolve().parent
+#: The tiers: the first folder under tests/ names a test's tier (and its marker).
+TIERS = ("unit", "integration", "acceptance", "migration", "gpu")
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    try:
+        parts = item.path.resolve().relative_to(TESTS_DIR).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if POSTGRES_FIXTURE in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if POSTGRES_FIXTURE in fixtures:
             item.add_marker(pytest.mark.postgres)
+        tier = tier_of(item)
+        if tier is None:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        services = [name for name in SERVICE_FIXTURES if name in fixtures]
+        if tier == "unit" and services:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(services)}: unit tests need no services; "
+                "move it to tests/integration/"
+            )
 
 
 def _migrate(url: str) -> None:
@@ -95,3 +128,15 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
 @pytest.fixture
 def sqlite_empty_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'empty' / 'ledger.sqlite3'}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private ``redis-server`` on a free loopback port, started empty, stopped at the end."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = PrivateRedis(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -46,16 +46,20 @@ from farm.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from farm.ledger import JobRecord, Ledger, NewJob
+    from farm.ledger.records import Admission
     from farm.manifest import ExpandedBatch, Manifest
+    from farm.spec import RenderSpec
     from farm.store import OutputStore
 
 log = logging.getLogger(__name__)
 
-#: Messages sent per :func:`enqueue_jobs` call (each call marks its jobs enqueued in the ledger,
-#: so a producer killed half-way leaves few jobs sent but unmarked).
-SEND_CHUNK = 500
-#: Default seconds between two polls of :meth:`Client.wait`.
+#: Messages sent per :func:`enqueue_jobs` call; a batch's ``sent_through`` is confirmed after
+#: each (a producer killed half-way leaves at most this many sent but unconfirmed: sent twice).
+SEND_CHUNK = 1000
+#: Longest pause between two status reads of :meth:`Client.wait` (its backoff's cap), and the
+#: first pause (reads back off from it, doubling).
 DEFAULT_POLL_S = 1.0
+FIRST_POLL_S = 0.25
 #: Longest idempotency key accepted.
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 #: Domain of the pseudo manifest digest that stores an idempotency key (never a manifest's digest,
@@ -134,6 +138,7 @@ class Client(ReadOps):
             ledger, owns_ledger = Ledger.from_settings(self.settings), True
         self.ledger = ledger
         self.store = store or OutputStore(self.settings.outputs_path)
+        self._kinds: dict[str, str] = {}
         self._app = app
         self._owns_ledger = owns_ledger
         self._sleep = sleep
@@ -148,19 +153,53 @@ class Client(ReadOps):
         return cls(Ledger.from_settings(settings), settings, app=app, owns_ledger=True)
 
     # -- writing ---------------------------------------------------------------------------------
-    def _add_jobs(self, new_jobs: Sequence[NewJob]) -> list[str]:
-        """Add jobs; the cache answers only from outputs the store vouches for (a quick look)."""
-        return self.ledger.add_jobs(new_jobs, output_ok=self.store.vouches)
+    def _admit(self, new_jobs: Sequence[NewJob]) -> tuple[Admission, int, int]:
+        """Add jobs in ONE ledger transaction (recorded as sent) and send their messages right
+        after the commit: ``(admission, sent, not_sent)``. The cache answers only from outputs the
+        store vouches for (a quick look at the file). Jobs whose message could not be sent get
+        their mark cleared (the reaper sends them)."""
+        admitted = self.ledger.admit(new_jobs, output_ok=self.store.vouches, mark_sent=True)
+        return (admitted, *self._send(admitted.to_send, marked=True))
 
-    def _create_batch(self, digest: str, name: str, source: str, new_jobs: Sequence[NewJob]) -> tuple[str, bool]:
-        return self.ledger.create_batch(digest, name, source, new_jobs, output_ok=self.store.vouches)
+    def _admit_batch(self, digest: str, name: str, source: str,
+                     new_jobs: Sequence[NewJob]) -> tuple[Admission, int, int]:
+        """:meth:`_admit` for a batch: one transaction, then the messages in ``batch_index``
+        order, the batch's ``sent_through`` confirmed after each chunk (one row, not one per job).
+        A producer killed while sending leaves the rest unconfirmed: submitting the same manifest
+        again sends them (and the reaper does, after ``FARM_LOST_MESSAGE_GRACE_S``). A batch that
+        existed sends its unconfirmed jobs."""
+        admitted = self.ledger.admit_batch(digest, name, source, new_jobs, output_ok=self.store.vouches,
+                                           mark_sent=True)
+        assert admitted.batch_id is not None
+        pairs, sent = admitted.to_send, 0
+        for start in range(0, len(pairs), SEND_CHUNK):
+            chunk = pairs[start : start + SEND_CHUNK]
+            done, left = self._send(chunk, marked=True, unmark=False)
+            sent += done
+            if left:
+                return admitted, sent, len(pairs) - start
+            if start + len(chunk) < len(pairs):
+                self.ledger.confirm_sent(admitted.batch_id, admitted.to_send_index[start + len(chunk) - 1])
+        self.ledger.confirm_sent(admitted.batch_id, admitted.job_count - 1)
+        return admitted, sent, 0
 
-    def _submission(self, job_ids: list[str], created: bool, sent: int, not_sent: int,
+    def _submission(self, admitted: Admission, sent: int, not_sent: int, specs: Sequence[RenderSpec],
                     batch_id: str | None) -> JobSubmission:
-        first = self.ledger.get_job(job_ids[0])
-        seeds = [first.seed] if len(job_ids) == 1 else [self.ledger.get_job(j).seed for j in job_ids]
-        return JobSubmission(job_ids, created, sent, not_sent, seeds, first.seed_strategy, batch_id,
-                             first.status.value, first.cache_of_job_id)
+        """What a submission did, from its admission (no read-back; a repeated idempotent request
+        reads its first request's jobs)."""
+        first_id = admitted.job_ids[0]
+        seeds: list[int]
+        strategy: str
+        if admitted.created:
+            seeds, strategy = [s.seed for s in specs], specs[0].seed_strategy
+            status = "succeeded" if first_id in admitted.answered else "queued"
+            cache_of = admitted.answered.get(first_id) or admitted.following.get(first_id)
+        else:
+            records = [self.ledger.get_job(j) for j in admitted.job_ids]
+            seeds, strategy = [r.seed for r in records], records[0].seed_strategy
+            status, cache_of = records[0].status.value, records[0].cache_of_job_id
+        return JobSubmission(admitted.job_ids, admitted.created, sent, not_sent, seeds, strategy, batch_id,
+                             status, cache_of)
 
     def close(self) -> None:
         if self._owns_ledger:
@@ -180,10 +219,12 @@ class Client(ReadOps):
             self._app = get_app(self.settings)
         return self._app
 
-    def _send(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, int]:
-        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``. When the broker
-        stays unreachable the rest stay queued with ``enqueued_at`` NULL: the reaper (or the
-        next submission of the same batch) sends them."""
+    def _send(self, pairs: Sequence[tuple[str, str]], *, marked: bool = False,
+              unmark: bool = True) -> tuple[int, int]:
+        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``. ``marked``: the
+        jobs were recorded as sent when they were added (else each chunk is marked once sent).
+        When the broker stays unreachable (``FARM_SEND_TIMEOUT_S``) the rest stay queued with
+        ``enqueued_at`` NULL: the reaper (or the next submission of the same batch) sends them."""
         if not pairs:
             return 0, 0
         from farm.queue.enqueue import enqueue_jobs
@@ -194,12 +235,15 @@ class Client(ReadOps):
             chunk = pairs[start : start + SEND_CHUNK]
             try:
                 sent += enqueue_jobs(self.ledger, chunk, app=self._celery(), settings=self.settings,
-                                     max_total_s=budget_s)
+                                     max_total_s=budget_s, mark=not marked)
             except BrokerUnavailable as exc:
-                left = len(pairs) - start
+                unsent = [job_id for job_id, _ in pairs[start:]]
                 self.last_send_error = str(exc)
-                log.warning("broker unavailable (%s): %d accepted job(s) left for the reaper to send", exc, left)
-                return sent, left
+                if marked and unmark:
+                    self.ledger.unmark_enqueued(unsent)
+                log.warning("broker unavailable (%s): %d accepted job(s) left for the reaper to send", exc,
+                            len(unsent))
+                return sent, len(unsent)
         return sent, 0
 
     #: The broker error of the last send that left jobs unsent (for messages to people).
@@ -261,19 +305,17 @@ class Client(ReadOps):
             priority=priority, fields=spec_fields,
         )
         if key is None and len(specs) == 1:
-            job_ids = self._add_jobs([self._new_job(specs[0], no_cache=no_cache)])
-            sent, not_sent = self._send(self.ledger.jobs_to_enqueue(job_ids=job_ids))
-            return self._submission(job_ids, True, sent, not_sent, None)
+            # One ledger transaction (insert, dedup, marked sent), then one publish.
+            admitted, sent, not_sent = self._admit([self._new_job(specs[0], no_cache=no_cache)])
+            return self._submission(admitted, sent, not_sent, specs, None)
         # Several jobs (a sweep), or an idempotency key: one batch, so one id follows them all.
         new_jobs = [self._new_job(s, no_cache=no_cache, batch_index=i) for i, s in enumerate(specs)]
         if key is None:
             digest, name = _sha256(GROUP_DOMAIN + str(uuid.uuid4())), f"sweep {sweep[0]}±{sweep[1]}" if sweep else ""
         else:
             digest, name = idempotency_digest(key), f"submit {key}"
-        batch_id, created = self._create_batch(digest, name[:255], SUBMIT_SOURCE, new_jobs)
-        job_ids = [j.id for j in self.ledger.batch_jobs(batch_id)]
-        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
-        return self._submission(job_ids, created, sent, not_sent, batch_id)
+        admitted, sent, not_sent = self._admit_batch(digest, name[:255], SUBMIT_SOURCE, new_jobs)
+        return self._submission(admitted, sent, not_sent, specs, admitted.batch_id)
 
     def submit_batch(
         self, manifest: str | os.PathLike[str] | Manifest | ExpandedBatch, *, no_cache: bool = False
@@ -291,11 +333,12 @@ class Client(ReadOps):
         check_flag(no_cache, "no_cache")
         batch = self._expanded(manifest)
         digest = batch.digest if not no_cache else _sha256(NO_CACHE_DOMAIN + batch.digest)
-        new_jobs = [self._new_job(j.spec, no_cache=no_cache, batch_index=i) for i, j in enumerate(batch.jobs)]
+        new_jobs = [self._new_job(j.spec, no_cache=no_cache, batch_index=i, job_key=j.job_key)
+                    for i, j in enumerate(batch.jobs)]
         name = batch.name or Path(batch.source).stem or batch.source
-        batch_id, created = self._create_batch(digest, name, batch.source, new_jobs)
-        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
-        return BatchSubmission(batch_id, created, len(new_jobs), sent, not_sent, name, digest)
+        admitted, sent, not_sent = self._admit_batch(digest, name, batch.source, new_jobs)
+        assert admitted.batch_id is not None
+        return BatchSubmission(admitted.batch_id, admitted.created, len(new_jobs), sent, not_sent, name, digest)
 
     @staticmethod
     def _expanded(manifest: Any) -> ExpandedBatch:
@@ -318,14 +361,19 @@ class Client(ReadOps):
         return datetime.now(UTC)
 
     def _kind(self, any_id: object) -> str:
-        """``"batch"`` or ``"job"``; :class:`JobNotFound` when it is neither."""
+        """``"batch"`` or ``"job"``; :class:`JobNotFound` when it is neither. (Remembered: an
+        id's kind never changes.)"""
         checked = check_id(any_id)
-        try:
-            self.ledger.get_batch(checked)
-            return "batch"
-        except BatchNotFound:
-            self.ledger.get_job(checked)  # raises JobNotFound
-            return "job"
+        kind = self._kinds.get(checked)
+        if kind is None:
+            try:
+                self.ledger.get_batch(checked)
+                kind = "batch"
+            except BatchNotFound:
+                self.ledger.get_job(checked)  # raises JobNotFound
+                kind = "job"
+            self._kinds[checked] = kind
+        return kind
 
     def status(self, any_id: str | Sequence[str]) -> StatusReport:
         """Counts per status, progress and ETA of a job, a batch, or several of them together
@@ -345,11 +393,11 @@ class Client(ReadOps):
         return reports.group_status(f"{len(ids)} ids", "group", pace, self._now())
 
     def _status_one(self, checked: str) -> StatusReport:
-        try:
-            batch = self.ledger.get_batch(checked)
-        except BatchNotFound:
+        if self._kinds.get(checked) == "job":  # (one read on the hot path of a wait)
             return reports.job_status(self.ledger.get_job(checked), self._now())
-        return reports.group_status(batch.id, "batch", self.ledger.pace(batch_id=batch.id), self._now())
+        if self._kind(checked) == "job":
+            return reports.job_status(self.ledger.get_job(checked), self._now())
+        return reports.group_status(checked, "batch", self.ledger.pace(batch_id=checked), self._now())
 
     def wait(
         self,
@@ -358,23 +406,57 @@ class Client(ReadOps):
         poll_s: float = DEFAULT_POLL_S,
         on_progress: Callable[[StatusReport], None] | None = None,
     ) -> StatusReport:
-        """Poll :meth:`status` (of one id or several) until every job finished or ``timeout_s``
-        passed (then the report has ``timed_out=True``). ``on_progress`` sees every report."""
+        """Wait until every job of one id or several finished, or ``timeout_s`` passed (then the
+        report has ``timed_out=True``). ``on_progress`` sees every report.
+
+        On Postgres the ledger tells: the wait returns as soon as the last job's final status is
+        committed (``LISTEN``/``NOTIFY``, see :mod:`farm.ledger.notify`), and reads the status in
+        between only to refresh ``on_progress`` (without one, only every ``poll_s`` as a safety
+        net). On SQLite it polls. Status reads back off from :data:`FIRST_POLL_S` to ``poll_s``
+        apart."""
         check_wait_args(timeout_s, poll_s)
         deadline = None if timeout_s is None else self._monotonic() + timeout_s
-        while True:
-            report = self.status(any_id)
-            if on_progress is not None:
-                on_progress(report)
-            if report.finished:
-                return report
-            left = None if deadline is None else deadline - self._monotonic()
-            if left is not None and left <= 0:
-                timed_out = StatusReport(**{**report.__dict__, "timed_out": True})
+        first = min(FIRST_POLL_S, poll_s)
+        interval = first
+        told_only = False  # (with a live listener and nobody watching progress, read only when told)
+        with self.ledger.listen() as listener:  # before reading statuses: no announcement is missed
+            pending = self._unfinished(any_id)
+            told_only = listener.live and on_progress is None
+            if told_only:
+                interval = poll_s
+            while True:
+                report = self.status(any_id)
+                self.status_reads += 1
                 if on_progress is not None:
-                    on_progress(timed_out)
-                return timed_out
-            self._sleep(poll_s if left is None else min(poll_s, left))
+                    on_progress(report)
+                if report.finished:
+                    return report
+                left = None if deadline is None else deadline - self._monotonic()
+                if left is not None and left <= 0:
+                    timed_out = StatusReport(**{**report.__dict__, "timed_out": True})
+                    if on_progress is not None:
+                        on_progress(timed_out)
+                    return timed_out
+                pause = interval if left is None else min(interval, left)
+                if not listener.live:
+                    self._sleep(pause)
+                elif listener.wait(pending, pause):
+                    interval = poll_s if told_only else first
+                    continue
+                interval = min(interval * 2, poll_s)
+
+    #: How many times :meth:`wait` read the status (benchmarks count them).
+    status_reads = 0
+
+    def _unfinished(self, any_id: str | Sequence[str]) -> set[str]:
+        ids = [any_id] if isinstance(any_id, str) else list(any_id)
+        pending: set[str] = set()
+        for one in ids:
+            checked = check_id(one)
+            kind = self._kind(checked)
+            pending |= self.ledger.unfinished(batch_id=checked) if kind == "batch" else self.ledger.unfinished(
+                job_ids=[checked])
+        return pending
 
     def _jobs_of(self, checked: str, kind: str) -> list[JobRecord]:
         return self.ledger.batch_jobs(checked) if kind == "batch" else [self.ledger.get_job(checked)]
@@ -450,11 +532,10 @@ class Client(ReadOps):
         specs = [first, *(first.model_copy(update={"seed": s}) for s in seeds[1:])]
         new_jobs = [self._new_job(s, parent_job_id=parent.id, no_cache=no_cache, batch_index=i)
                     for i, s in enumerate(specs)]
-        batch_id, _ = self._create_batch(_sha256(GROUP_DOMAIN + str(uuid.uuid4())),
-                                         f"sweep {parent.seed}±{radius} of job {parent.id}", SWEEP_SOURCE, new_jobs)
-        job_ids = [j.id for j in self.ledger.batch_jobs(batch_id)]
-        sent, not_sent = self._send(self.ledger.jobs_to_enqueue(batch_id=batch_id))
-        return self._submission(job_ids, True, sent, not_sent, batch_id)
+        admitted, sent, not_sent = self._admit_batch(
+            _sha256(GROUP_DOMAIN + str(uuid.uuid4())), f"sweep {parent.seed}±{radius} of job {parent.id}",
+            SWEEP_SOURCE, new_jobs)
+        return self._submission(admitted, sent, not_sent, specs, admitted.batch_id)
 
     # -- checking --------------------------------------------------------------------------------
     def rerender(
@@ -466,8 +547,7 @@ class Client(ReadOps):
         check_flag(wait, "wait")
         check_wait_args(timeout_s, poll_s)
         parent = self._succeeded(job_id, "only a succeeded job can be re-rendered and compared")
-        child_id = self._add_jobs([self._rerender_job(parent)])[0]
-        self._send(self.ledger.jobs_to_enqueue(job_ids=[child_id]))
+        child_id = self._admit([self._rerender_job(parent)])[0].job_ids[0]
         timed_out = False
         if wait:
             timed_out = self.wait(child_id, timeout_s=timeout_s, poll_s=poll_s).timed_out
@@ -526,16 +606,19 @@ class Client(ReadOps):
         if not by_uri:
             return RepairReport(before, [])
         plans: list[tuple[str, str, list[JobRecord], JobRecord, str | None, str]] = []
+        to_send: list[tuple[str, str]] = []
         for uri, pointing in by_uri.items():
             roots = [j for j in pointing if j.cache_of_job_id is None] or pointing
             parent = max(roots, key=lambda j: (j.finished_at or j.created_at, j.id))
             new_job = self._rerender_job(parent)
             quarantined = self.store.quarantine(uri, f"repair: output {bad[parent.id]}")
-            child_id = self._add_jobs([new_job])[0]
+            admitted = self.ledger.admit([new_job], output_ok=self.store.vouches, mark_sent=True)
+            to_send += admitted.to_send
+            child_id = admitted.job_ids[0]
             plans.append((uri, bad[parent.id], pointing, parent, None if quarantined is None else str(quarantined),
                           child_id))
         child_ids = [plan[5] for plan in plans]
-        _, not_sent = self._send(self.ledger.jobs_to_enqueue(job_ids=child_ids))
+        _, not_sent = self._send(to_send, marked=True)
         if not_sent:
             raise BrokerUnavailable(
                 f"{not_sent} re-render job(s) recorded but not sent ({self.last_send_error}); a worker's reaper "

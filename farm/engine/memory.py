@@ -39,6 +39,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES)
 
 
+def settle_heap() -> None:
+    """After a model is loaded: collect once, then move every object alive now (the libraries,
+    the model's modules) out of the collector's view (``gc.freeze``). The collection after each
+    job then walks only what that job created — a full walk of the loaded libraries took ~0.2 s
+    per job on the CPU for the tiny model. Frozen objects stay alive as they would anyway."""
+    gc.collect()
+    gc.freeze()
+
+
+def unsettle_heap() -> None:
+    """Before a model is dropped: give frozen objects back to the collector (``gc.unfreeze``), so
+    the old model's cycles are collected."""
+    gc.unfreeze()
+
+
 def clear_caches(device: str | torch.device | None = None) -> None:
     """Collect garbage and release the accelerator's cached blocks."""
     gc.collect()

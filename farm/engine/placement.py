@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -275,12 +274,6 @@ class Placement:
                 self._offload(other)
             if name not in self._resident:
                 self._onload(name, kind="onload", swap=False)
-
-    @contextmanager
-    def using(self, name: str) -> Iterator[torch.nn.Module]:
-        """``use(name)`` and yield the module."""
-        self.use(name)
-        yield self._modules[name]
 
     # -- the moves ----------------------------------------------------------------------------
     def _prepare_host_memory(self) -> None:

@@ -32,7 +32,15 @@ import torch
 
 from farm.determinism import enable_deterministic_kernels
 from farm.engine.components import Components
-from farm.engine.memory import clear_caches, degrade, oom_guard, release_frames, render_context
+from farm.engine.memory import (
+    clear_caches,
+    degrade,
+    oom_guard,
+    release_frames,
+    render_context,
+    settle_heap,
+    unsettle_heap,
+)
 from farm.engine.placement import POLICIES, Placement
 from farm.engine.wan import StepCallback, WanAdapter, check_jobs
 from farm.errors import OutOfMemory, RenderCancelled
@@ -160,6 +168,7 @@ class Engine:
                 placement.detach()
                 raise
             self._model, self._components, self._adapter = model_name, components, adapter
+            settle_heap()
             return components
 
     def unload(self) -> None:
@@ -168,6 +177,7 @@ class Engine:
             if self._adapter is not None:
                 self._adapter.placement.detach()
             self._model = self._components = self._adapter = None
+            unsettle_heap()
             clear_caches(self.device)
 
     def metrics(self) -> dict[str, Any]:

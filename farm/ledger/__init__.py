@@ -7,10 +7,12 @@ All database access goes through :class:`Ledger` (``farm.ledger.manager``). Modu
 * ``models`` — the tables;
 * ``records`` — frozen snapshots of rows, and :class:`NewJob`;
 * ``db`` — engines and the migration runner (scripts in the repository's ``migrations/``);
+* ``notify`` — being told when jobs finish (Postgres ``LISTEN``/``NOTIFY``);
 * ``queueing`` — the farm's set-wise queries (dedup, enqueue, claim, workers), used by the gateway;
 * ``outputs`` — the stored outputs' integrity records (what the cache may answer from);
 * ``stats`` — aggregates for monitoring and the pace behind ETAs;
-* ``manager`` — the gateway.
+* ``base``, ``reads``, ``manager`` — the gateway: connection and schema, reads, writes (one class,
+  :class:`Ledger`).
 """
 
 from farm.ledger.manager import Ledger

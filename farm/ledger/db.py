@@ -106,6 +106,11 @@ def _configure_sqlite(engine: Engine) -> None:
 # -- migrations --------------------------------------------------------------------------------
 
 
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy Postgres URL as a libpq connection URI (what ``psycopg.connect`` takes)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
     """Alembic's ``Config``, built in code; ``connection`` (preferred) or ``url`` is the target."""
     from alembic.config import Config

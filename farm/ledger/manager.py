@@ -22,43 +22,37 @@ Errors: connection and operational failures become :class:`~farm.errors.LedgerUn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from farm.errors import (
-    BatchNotFound,
-    FarmError,
     IllegalTransition,
     JobNotFound,
-    LedgerUnavailable,
-    SchemaOutOfDate,
 )
-from farm.ledger import db, stats
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
-from farm.ledger.models import batches, events, jobs, models, outputs, workers
+from farm.ledger.models import batches, events, jobs, outputs
+from farm.ledger.reads import LedgerReads
 from farm.ledger.records import (
+    Admission,
     BatchRecord,
     EventRecord,
     JobRecord,
     NewJob,
     OutputMark,
-    OutputRecord,
     WorkerRecord,
     new_id,
 )
 from farm.ledger.status import PRIORITIES, JobStatus, allowed_from, parse_status
-from farm.ledger.types import utcnow
-from farm.settings import DEFAULT_MAX_ATTEMPTS, Settings, redacted_url
+from farm.settings import DEFAULT_MAX_ATTEMPTS
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "BatchRecord", "EventRecord", "JobRecord", "Ledger", "NewJob", "WorkerRecord"]
 
@@ -98,154 +92,34 @@ def _missing_table(error: sa_exc.DBAPIError) -> bool:
     return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE_SQLSTATE
 
 
-class Ledger:
-    """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres).
+class Ledger(LedgerReads):
+    """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres):
+    :class:`~farm.ledger.base.LedgerBase` (connection, transactions, schema),
+    :class:`~farm.ledger.reads.LedgerReads` (every read) and, here, every write.
 
     ``clock`` returns the current aware UTC time (tests pass a fake one). The constructor does no
     I/O; :meth:`from_settings` also makes sure the schema is usable.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, clock: Callable[[], datetime] | None = None):
-        self.url = url
-        self._engine: Engine = db.make_engine(url, echo=echo)
-        self._clock = clock or utcnow
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Ledger:
-        """The ledger the settings name. Embedded (SQLite in the data dir): created and migrated to
-        head as needed. Any other URL: must already be at head, else :class:`SchemaOutOfDate`."""
-        ledger = cls(settings.ledger_url, echo=settings.sql_echo)
-        try:
-            if settings.embedded:
-                settings.data_dir.mkdir(parents=True, exist_ok=True)
-                ledger.ensure_schema(upgrade=True)
-            else:
-                ledger.ensure_schema(upgrade=False)
-        except BaseException:
-            ledger.close()
-            raise
-        return ledger
-
-    @property
-    def display_url(self) -> str:
-        return redacted_url(self.url)
-
-    @property
-    def backend(self) -> str:
-        """``sqlite`` or ``postgresql`` (SQLAlchemy's backend name)."""
-        return self._engine.dialect.name
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    def stats_snapshot(self) -> stats.LedgerSnapshot:
-        """Aggregates for monitoring (job counts, oldest queued, workers, recent render times)."""
-        with self._read() as conn:
-            return stats.snapshot(conn, self._now())
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Ledger({self.display_url!r})"
-
-    # -- plumbing ------------------------------------------------------------------------------
-    def _now(self) -> datetime:
-        return self._clock()
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Translate driver errors into farm's: unreachable -> LedgerUnavailable (transient),
-        no tables -> SchemaOutOfDate."""
-        try:
-            yield
-        except FarmError:
-            raise
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.ProgrammingError) as error:
-            if _missing_table(error):
-                raise SchemaOutOfDate(
-                    f"the ledger at {self.display_url} has no farm tables: run `farm db upgrade`"
-                ) from error
-            if isinstance(error, sa_exc.ProgrammingError):
-                raise
-            detail = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-            raise LedgerUnavailable(f"ledger {self.display_url} unavailable: {detail}") from error
-        except (sa_exc.DisconnectionError, sa_exc.TimeoutError) as error:
-            raise LedgerUnavailable(f"ledger {self.display_url} unavailable: {error}") from error
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._guard(), self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite: writers queue up front)."""
-        with self._guard(), self._engine.connect() as conn:
-            conn.execution_options(**{db.WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
-
     # -- schema --------------------------------------------------------------------------------
-    def current_revision(self) -> str | None:
-        with self._guard():
-            return db.current_revision(self._engine)
-
-    @staticmethod
-    def head_revision() -> str:
-        heads = db.head_revisions()
-        if len(heads) != 1:
-            raise RuntimeError(f"the migration scripts have {len(heads)} heads: {heads}")
-        return heads[0]
-
-    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
-        """Migrate to ``revision``; returns the revisions before and after this call's work
-        (equal when there was nothing to do)."""
-        with self._guard():
-            steps = db.upgrade(self._engine, revision)
-            after = db.current_revision(self._engine)
-        return (steps[0][0] if steps else after), after
-
-    def downgrade(self, revision: str) -> tuple[str | None, str | None]:
-        """Migrate down to ``revision`` (``"base"`` drops every ledger table)."""
-        with self._guard():
-            steps = db.downgrade(self._engine, revision)
-            after = db.current_revision(self._engine)
-        return (steps[0][0] if steps else after), after
-
-    def schema_diff(self) -> list[Any]:
-        """Alembic's differences between the database and the models (empty: they agree)."""
-        with self._guard():
-            return db.schema_diff(self._engine)
-
-    def ensure_schema(self, *, upgrade: bool) -> None:
-        """Upgrade to head (``upgrade=True``) or raise :class:`SchemaOutOfDate` unless at head."""
-        head = self.head_revision()
-        current = self.current_revision()
-        if current == head:
-            return
-        if upgrade:
-            self.upgrade("head")
-            return
-        raise SchemaOutOfDate(
-            f"the ledger at {self.display_url} is at revision {current or 'none'}, the code needs "
-            f"{head}: run `farm db upgrade`"
-        )
-
     # -- adding jobs ---------------------------------------------------------------------------
-    def add_jobs(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None) -> list[str]:
-        """Add jobs (queued) in one transaction, with one "created" event each; returns their ids.
-        Dedup applies (see :mod:`farm.ledger.queueing`): cache hits end succeeded at once
-        (event "cache-hit") from outputs in state ``ok`` that ``output_ok`` (if given) vouches
-        for; followers stay queued behind their leader and are never enqueued."""
+    def admit(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None,
+              mark_sent: bool = False) -> Admission:
+        """Add jobs (queued) in ONE transaction, with one "created" event each, and say what became
+        of each: dedup (see :mod:`farm.ledger.queueing`) answers cache hits at once (event
+        "cache-hit", from outputs in state ``ok`` that ``output_ok``, if given, vouches for) and
+        queues followers behind their leader; the rest need a message (:attr:`Admission.to_send`).
+        ``mark_sent`` records those as sent in the same transaction (the caller sends right after
+        the commit, and calls :meth:`unmark_enqueued` for any it could not send)."""
         if not new_jobs:
-            return []
+            return Admission([], [], {}, {})
         with self._write() as conn:
             q.lock_dedup(conn)
-            return self._insert_jobs(conn, new_jobs, output_ok)
+            return self._insert_jobs(conn, new_jobs, output_ok, mark_sent)
+
+    def add_jobs(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None) -> list[str]:
+        """:meth:`admit`, returning the job ids."""
+        return self.admit(new_jobs, output_ok=output_ok).job_ids
 
     def add_job(self, new_job: NewJob, *, output_ok: o.OutputFilter | None = None) -> str:
         return self.add_jobs([new_job], output_ok=output_ok)[0]
@@ -256,44 +130,67 @@ class Ledger:
     ) -> tuple[str, bool]:
         """Write a batch and all its jobs in one transaction: ``(batch_id, True)``. If a batch with
         this manifest digest exists, write nothing and return ``(existing_id, False)``. Dedup as
-        in :meth:`add_jobs`."""
+        in :meth:`admit`."""
+        admitted = self.admit_batch(manifest_digest, name, source_name, new_jobs, output_ok=output_ok)
+        assert admitted.batch_id is not None
+        return admitted.batch_id, admitted.created
+
+    def admit_batch(
+        self, manifest_digest: str, name: str, source_name: str, new_jobs: Sequence[NewJob], *,
+        output_ok: o.OutputFilter | None = None, mark_sent: bool = False,
+    ) -> Admission:
+        """:meth:`admit` for a batch (one transaction, ``batch_index`` kept). A batch with this
+        digest already there: nothing is written, and the admission lists its jobs and, to send,
+        those whose message is not confirmed sent (see :meth:`confirm_sent`: how an interrupted
+        submission is finished)."""
         by_digest = select(batches.c.id).where(batches.c.manifest_digest == manifest_digest)
         try:
             with self._write() as conn:
                 q.lock_dedup(conn)
                 existing = conn.execute(by_digest).scalar_one_or_none()
-                if existing is not None:
-                    return existing, False
-                batch_id = new_id()
-                conn.execute(
-                    insert(batches).values(
-                        id=batch_id,
-                        manifest_digest=manifest_digest,
-                        name=name[:255],
-                        source_name=_bare_name(source_name),
-                        created_at=self._now(),
-                        job_count=len(new_jobs),
-                    )
-                )
-                self._insert_jobs(conn, [replace(j, batch_id=batch_id) for j in new_jobs], output_ok)
-                return batch_id, True
+                if existing is None:
+                    batch_id = new_id()
+                    conn.execute(insert(batches).values(
+                        id=batch_id, manifest_digest=manifest_digest, name=name[:255],
+                        source_name=_bare_name(source_name), created_at=self._now(), job_count=len(new_jobs)))
+                    placed = [replace(j, batch_id=batch_id) for j in new_jobs]
+                    admitted = self._insert_jobs(conn, placed, output_ok, mark_sent)
+                    index = {j.id: j.batch_index if j.batch_index is not None else -1 for j in placed}
+                    return replace(admitted, batch_id=batch_id, job_count=len(placed),
+                                   to_send_index=[index[job_id] for job_id, _ in admitted.to_send])
         except sa_exc.IntegrityError:
             # Another producer committed the same digest between our check and our insert.
             with self._read() as conn:
                 existing = conn.execute(by_digest).scalar_one_or_none()
             if existing is None:
                 raise
-            return existing, False
+        with self._read() as conn:
+            ids = list(conn.execute(select(q.in_batch_order(existing).subquery().c.id)).scalars())
+            pending = q.unconfirmed(conn, existing)
+        return Admission(ids, [(job_id, priority) for job_id, priority, _ in pending], {}, {}, batch_id=existing,
+                         created=False, to_send_index=[index for _, _, index in pending], job_count=len(ids))
 
-    def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob],
-                     output_ok: o.OutputFilter | None) -> list[str]:
+    def confirm_sent(self, batch_id: str, through: int) -> None:
+        """Record that the batch's messages up to ``batch_index`` ``through`` were published
+        (never lowers it). Jobs after it count as possibly unsent: :meth:`admit_batch` of the same
+        batch and the reaper (:meth:`stalled_batches`) send them again."""
+        with self._write() as conn:
+            q.confirm_sent(conn, batch_id, through)
+
+    def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob], output_ok: o.OutputFilter | None,
+                     mark_sent: bool) -> Admission:
         """Insert with dedup, inside a write transaction that holds the dedup lock."""
         now = self._now()
         plan = q.plan_dedup(conn, new_jobs, output_ok)
-        q.insert_jobs(conn, new_jobs, plan, now)
+        q.insert_jobs(conn, new_jobs, plan, now, mark_sent=mark_sent)
         hits = [(j.id, d.original) for j, d in zip(new_jobs, plan, strict=True) if d.original is not None]
         self._answer_queued(conn, hits)
-        return [j.id for j in new_jobs]
+        return Admission(
+            job_ids=[j.id for j in new_jobs],
+            to_send=[(j.id, j.priority) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "new"],
+            answered={j.id: str(d.cache_of) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "cache-hit"},
+            following={j.id: str(d.cache_of) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "follower"},
+        )
 
     def _answer_queued(self, conn: Connection, hits: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Queued jobs -> succeeded, each with its original's output (event "cache-hit")."""
@@ -316,41 +213,13 @@ class Ledger:
         if status in (JobStatus.FAILED, JobStatus.CANCELLED):
             q.release_followers(conn, leader_id, leader_status=status, now=self._now())
 
-    # -- reading -------------------------------------------------------------------------------
-    def get_job(self, job_id: str) -> JobRecord:
-        with self._read() as conn:
-            return self._job(conn, job_id)
-
-    @staticmethod
-    def _job(conn: Connection, job_id: str) -> JobRecord:
-        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
-        if row is None:
-            raise JobNotFound(job_id)
-        return JobRecord.from_row(row)
-
-    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
-        """Every job of the batch in ``batch_index`` order. :class:`BatchNotFound` if unknown."""
-        with self._read() as conn:
-            if conn.execute(select(batches.c.id).where(batches.c.id == batch_id)).first() is None:
-                raise BatchNotFound(batch_id)
-            return [JobRecord.from_row(r) for r in conn.execute(q.in_batch_order(batch_id)).mappings()]
-
-    def succeeded_jobs(self, batch_id: str | None = None) -> list[JobRecord]:
-        """Succeeded jobs (cache hits included), of one batch or all, in batch_index / creation order."""
-        query = q.in_batch_order(batch_id, status=JobStatus.SUCCEEDED)
-        with self._read() as conn:
-            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
-
     # -- enqueue bookkeeping -------------------------------------------------------------------
-    def jobs_to_enqueue(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None,
-                        stale_before: datetime | None = None, limit: int | None = None) -> list[tuple[str, str]]:
-        """``(id, priority)`` of queued non-follower jobs whose ``enqueued_at`` is NULL (or older
-        than ``stale_before``), optionally of one batch / among ``job_ids``; interactive first,
-        then oldest, then ``batch_index``."""
-        if limit is not None and limit < 0:
-            raise ValueError("limit must not be negative")
-        with self._read() as conn:
-            return q.to_enqueue(conn, batch_id=batch_id, job_ids=job_ids, stale_before=stale_before, limit=limit)
+    def unmark_enqueued(self, job_ids: Sequence[str]) -> None:
+        """Clear the sent mark of queued jobs whose message could not be sent after all (see
+        :meth:`admit`'s ``mark_sent``): the reaper sends them."""
+        if job_ids:
+            with self._write() as conn:
+                q.unmark_enqueued(conn, job_ids)
 
     def mark_enqueued(self, job_ids: Sequence[str]) -> None:
         """Record that the jobs' wake-up messages were sent now."""
@@ -359,96 +228,7 @@ class Ledger:
         with self._write() as conn:
             q.mark_enqueued(conn, job_ids, self._now())
 
-    def list_jobs(
-        self,
-        batch_id: str | None = None,
-        status: JobStatus | str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        starred: bool | None = None,
-    ) -> list[JobRecord]:
-        """Jobs, newest first (ties by id), optionally of one batch, one status and/or only the
-        starred (``starred=True``) or only the unstarred (``starred=False``) ones."""
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must not be negative")
-        query = select(jobs)
-        if batch_id is not None:
-            query = query.where(jobs.c.batch_id == batch_id)
-        if status is not None:
-            query = query.where(jobs.c.status == parse_status(str(status)).value)
-        if starred is not None:
-            query = query.where(jobs.c.starred == starred)
-        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
-        with self._read() as conn:
-            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
-
-    def get_batch(self, batch_id: str) -> BatchRecord:
-        with self._read() as conn:
-            row = conn.execute(select(batches).where(batches.c.id == batch_id)).mappings().first()
-        if row is None:
-            raise BatchNotFound(batch_id)
-        return BatchRecord.from_row(row)
-
-    def find_batch_by_digest(self, manifest_digest: str) -> BatchRecord | None:
-        with self._read() as conn:
-            query = select(batches).where(batches.c.manifest_digest == manifest_digest)
-            row = conn.execute(query).mappings().first()
-        return None if row is None else BatchRecord.from_row(row)
-
-    def batch_counts(self, batch_id: str) -> dict[JobStatus, int]:
-        """How many of the batch's jobs are in each status (every status present, zeros too)."""
-        with self._read() as conn:
-            if conn.execute(select(batches.c.id).where(batches.c.id == batch_id)).first() is None:
-                raise BatchNotFound(batch_id)
-            query = (
-                select(jobs.c.status, func.count())
-                .where(jobs.c.batch_id == batch_id)
-                .group_by(jobs.c.status)
-            )
-            found = {JobStatus(s): int(n) for s, n in conn.execute(query)}
-        return {s: found.get(s, 0) for s in JobStatus}
-
-    def pace(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> stats.Pace:
-        """Counts, progress and rendering pace of one batch or of the jobs ``job_ids``."""
-        with self._read() as conn:
-            return stats.pace(conn, batch_id=batch_id, job_ids=None if job_ids is None else list(job_ids))
-
-    def events(self, job_id: str) -> list[EventRecord]:
-        """The job's trail, oldest first. Raises :class:`JobNotFound` for an unknown job."""
-        with self._read() as conn:
-            if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
-                raise JobNotFound(job_id)
-            query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
-            return [EventRecord.from_row(r) for r in conn.execute(query).mappings()]
-
-    def find_cache_original(
-        self, job_key: str, weights_fingerprint: str | None = None
-    ) -> tuple[JobRecord, OutputRecord] | None:
-        """The most recently finished succeeded job with this key (and these weights, if given)
-        whose output is in state ``ok``, with that output's record: what a cache hit may answer
-        from (after checking the file)."""
-        query = (
-            select(jobs, *q.output_columns())
-            .join(outputs, outputs.c.uri == jobs.c.output_uri)
-            .where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value, outputs.c.state == "ok")
-        )
-        if weights_fingerprint is not None:
-            query = query.where(jobs.c.weights_fingerprint == weights_fingerprint)
-        query = query.order_by(jobs.c.finished_at.desc(), jobs.c.id).limit(1)
-        with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else (JobRecord.from_row(row), q.output_record(row))
-
     # -- outputs -------------------------------------------------------------------------------
-    def output(self, uri: str) -> OutputRecord | None:
-        """The integrity record of a stored output (None: never recorded)."""
-        with self._read() as conn:
-            return o.get(conn, uri)
-
-    def outputs_of(self, uris: Sequence[str]) -> dict[str, OutputRecord]:
-        with self._read() as conn:
-            return o.by_uri(conn, uris)
-
     def mark_outputs(self, marks: Sequence[OutputMark]) -> list[str]:
         """Record what output checks found (``ok`` refreshes the verified stamp; ``missing`` and
         ``corrupt`` keep the cache off the file); the URIs whose state changed, each change an
@@ -514,28 +294,45 @@ class Ledger:
         fields: Mapping[str, Any],
         only_from: Collection[JobStatus] | None = None,
         guard: ColumnElement[bool] | None = None,
-    ) -> JobStatus:
+    ) -> JobRecord | None:
         """The status change itself, inside the caller's write transaction. ``only_from`` narrows
         the allowed sources; ``guard`` is an extra condition of the UPDATE (e.g. ownership). Any
-        exception raised here rolls the whole transaction back. Returns the previous status."""
+        exception raised here rolls the whole transaction back. Returns the changed row when the
+        UPDATE gave it back (one allowed source), else None."""
         _check_change(fields, kind)
         allowed = allowed_from(to)
         if only_from is not None:
             allowed = allowed & frozenset(only_from)
-        # Lock the row (Postgres; SQLite's write transaction already holds the database lock).
-        row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()).first()
-        if row is None:
-            raise JobNotFound(job_id)
-        current = JobStatus(row.status)
-        if current not in allowed:
-            raise IllegalTransition(job_id, current.value, to.value)
-        # Conditional on the status we checked (current is one of the allowed sources).
-        conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
-        if guard is not None:
-            conditions.append(guard)
-        result = conn.execute(update(jobs).where(*conditions).values(status=to.value, **fields))
-        if result.rowcount != 1:
-            raise IllegalTransition(job_id, current.value, to.value)
+        if len(allowed) == 1:
+            # One possible source: the conditional UPDATE alone checks, locks and changes the row.
+            [current] = allowed
+            conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
+            if guard is not None:
+                conditions.append(guard)
+            statement = update(jobs).where(*conditions).values(status=to.value, **fields).returning(*jobs.c)
+            changed = conn.execute(statement).mappings().first()
+            if changed is None:
+                found = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+                if found is None:
+                    raise JobNotFound(job_id)
+                raise IllegalTransition(job_id, found.status, to.value)
+            record: JobRecord | None = JobRecord.from_row(changed)
+        else:
+            # Lock the row (Postgres; SQLite's write transaction already holds the database lock).
+            row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()).first()
+            if row is None:
+                raise JobNotFound(job_id)
+            current = JobStatus(row.status)
+            if current not in allowed:
+                raise IllegalTransition(job_id, current.value, to.value)
+            # Conditional on the status we checked (current is one of the allowed sources).
+            conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
+            if guard is not None:
+                conditions.append(guard)
+            result = conn.execute(update(jobs).where(*conditions).values(status=to.value, **fields))
+            if result.rowcount != 1:
+                raise IllegalTransition(job_id, current.value, to.value)
+            record = None
         conn.execute(
             insert(events).values(
                 job_id=job_id,
@@ -547,7 +344,9 @@ class Ledger:
                 detail=dict(detail) if detail is not None else None,
             )
         )
-        return current
+        if to.terminal:
+            q.notify_done(conn, [job_id])
+        return record
 
     def _transition_many(self, conn: Connection, source: JobStatus, to: JobStatus, *, kind: str, worker: str | None,
                          changes: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
@@ -575,6 +374,8 @@ class Ledger:
              "worker": worker, "detail": dict(detail) if detail is not None else None}
             for job_id, _, detail in changes
         ])
+        if to.terminal:
+            q.notify_done(conn, [job_id for job_id, _, _ in changes])
 
     # -- worker life cycle ---------------------------------------------------------------------
     def claim(self, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> JobRecord | None:
@@ -585,14 +386,16 @@ class Ledger:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         try:
             with self._write() as conn:
-                self._claim(conn, job_id, worker_host=worker_host, worker_device=worker_device, lease_s=lease_s)
-                return self._job(conn, job_id)
+                claimed = self._claim(conn, job_id, worker_host=worker_host, worker_device=worker_device,
+                                      lease_s=lease_s)
+                return claimed or self._job(conn, job_id)
         except IllegalTransition:
             return None
 
-    def _claim(self, conn: Connection, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> None:
+    def _claim(self, conn: Connection, job_id: str, *, worker_host: str, worker_device: str,
+               lease_s: float) -> JobRecord | None:
         now = self._now()
-        self._transition(
+        return self._transition(
             conn, job_id, JobStatus.RUNNING, kind="claimed", worker=worker_host,
             detail={"device": worker_device, "lease_s": lease_s},
             fields={
@@ -702,7 +505,7 @@ class Ledger:
             q.lock_dedup(conn, shared=True)
             o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
                              size_bytes=size_bytes, now=self._now())
-            self._transition(
+            record = self._transition(
                 conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host,
                 detail={"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256},
                 fields={
@@ -723,7 +526,7 @@ class Ledger:
                 guard=self._owner_guard(worker_host),
             )
             self._resolve_followers(conn, job_id)
-            return self._job(conn, job_id)
+            return record or self._job(conn, job_id)
 
     def record_cache_hit(self, job_id: str, original_id: str, *, worker_host: str | None = None) -> JobRecord:
         """running -> succeeded with the output of the succeeded job ``original_id`` (a worker found,
@@ -896,11 +699,6 @@ class Ledger:
             q.upsert_model(conn, {"name": name, "weights_fingerprint": weights_fingerprint,
                                   "updated_at": self._now(), "worker": worker})
 
-    def model_fingerprint(self, name: str) -> str | None:
-        with self._read() as conn:
-            query = select(models.c.weights_fingerprint).where(models.c.name == name)
-            return conn.execute(query).scalar_one_or_none()
-
     def worker_seen(self, name: str, *, host: str, device: str, pid: int, state: str, consecutive_failures: int = 0,
                     jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None) -> None:
         """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now
@@ -912,7 +710,3 @@ class Ledger:
         with self._write() as conn:
             q.upsert_worker(conn, values)
 
-    def list_workers(self) -> list[WorkerRecord]:
-        """Every worker ever seen, by name."""
-        with self._read() as conn:
-            return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]

@@ -70,6 +70,9 @@ batches = Table(
     Column("source_name", String(NAME_CHARS), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("job_count", Integer, nullable=False),
+    #: The highest ``batch_index`` whose message (and every earlier one) was confirmed published;
+    #: -1: none yet. The jobs after it may still need their message (see ``Ledger.confirm_sent``).
+    Column("sent_through", Integer, nullable=False, server_default=text("-1")),
     CheckConstraint("job_count >= 0", name="job_count_non_negative"),
 )
 

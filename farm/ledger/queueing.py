@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Select, bindparam, case, insert, literal, select, text, update
+import orjson
+from sqlalchemy import JSON, Select, Table, bindparam, case, insert, literal, select, text, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
-from farm.ledger.models import events, jobs, models, outputs, workers
+from farm.ledger.models import batches, events, jobs, models, outputs, workers
 from farm.ledger.records import NewJob, OutputRecord
 from farm.ledger.status import INITIAL, WORKER_STATES, JobStatus
 from farm.ledger.types import UTCDateTime
@@ -190,12 +191,17 @@ def output_record(row: Mapping[Any, Any]) -> OutputRecord:
     return OutputRecord.from_row({column.name: row[f"out_{column.name}"] for column in outputs.c})
 
 
-def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime) -> None:
-    """Insert the jobs (all queued; followers with their leader) and their "created" events."""
+def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime, *,
+                mark_sent: bool = False) -> None:
+    """Insert the jobs (all queued; followers with their leader) and their "created" events (COPY
+    on Postgres for large sets). ``mark_sent``: the jobs that will get a message (not followers,
+    not cache hits) are recorded as sent now — the caller sends right after the commit and clears
+    the mark of any it could not send."""
     rows = []
     trail = []
     for j, decision in zip(new_jobs, plan, strict=True):
         follows = decision.cache_of if decision.kind == "follower" else None
+        sent_at = now if mark_sent and decision.kind == "new" else None
         rows.append(
             {
                 "id": j.id,
@@ -220,7 +226,7 @@ def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Dec
                 "cache_of_job_id": follows,
                 "batch_index": j.batch_index,
                 "compat_key": j.compat_key,
-                "enqueued_at": None,
+                "enqueued_at": sent_at,
                 "no_cache": j.no_cache,
             }
         )
@@ -238,8 +244,35 @@ def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Dec
                 "detail": detail,
             }
         )
-    conn.execute(insert(jobs), rows)
-    conn.execute(insert(events), trail)
+    copy_rows(conn, jobs, rows)
+    copy_rows(conn, events, trail)
+
+
+#: Fewer rows than this are inserted with INSERT (a COPY's set-up costs more than it saves).
+COPY_MIN_ROWS = 200
+
+
+def copy_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) into ``table``: Postgres ``COPY ... FROM STDIN``
+    for large sets (JSON columns as JSON text, in the caller's transaction), else one multi-row
+    INSERT."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or len(rows) < COPY_MIN_ROWS:
+        conn.execute(insert(table), list(rows))
+        return
+    from psycopg import sql
+
+    columns = list(rows[0])
+    as_json = {c.name for c in table.c if isinstance(c.type, JSON)}
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([orjson.dumps(row[c]).decode() if c in as_json and row[c] is not None else row[c]
+                            for c in columns])
 
 
 def answered_fields(original: Mapping[str, Any], *, now: datetime, queued: bool) -> dict[str, Any]:
@@ -364,16 +397,20 @@ def to_enqueue(
     job_ids: Sequence[str] | None,
     stale_before: datetime | None,
     limit: int | None,
+    lost_before: Mapping[str, datetime] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(id, priority)`` of queued non-follower jobs never sent (or sent before ``stale_before``)."""
+    """``(id, priority)`` of queued non-follower jobs never sent, sent before ``stale_before``, or
+    (``lost_before``: priority -> time) of that priority and sent before that time."""
     conditions: list[ColumnElement[bool]] = [
         jobs.c.status == JobStatus.QUEUED.value,
         jobs.c.cache_of_job_id.is_(None),
     ]
-    if stale_before is None:
-        conditions.append(jobs.c.enqueued_at.is_(None))
-    else:
-        conditions.append(jobs.c.enqueued_at.is_(None) | (jobs.c.enqueued_at < stale_before))
+    due: ColumnElement[bool] = jobs.c.enqueued_at.is_(None)
+    if stale_before is not None:
+        due = due | (jobs.c.enqueued_at < stale_before)
+    for priority, before in (lost_before or {}).items():
+        due = due | ((jobs.c.priority == priority) & (jobs.c.enqueued_at < before))
+    conditions.append(due)
     if batch_id is not None:
         conditions.append(jobs.c.batch_id == batch_id)
     base = select(jobs.c.id, jobs.c.priority, jobs.c.created_at, jobs.c.batch_index).where(*conditions)
@@ -391,6 +428,55 @@ def to_enqueue(
     if limit is not None:
         found = found[:limit]
     return [(r.id, r.priority) for r in found]
+
+
+#: Postgres channel on which a committed transaction announces jobs that reached a final status
+#: (payload: the job id); :meth:`farm.ledger.manager.Ledger.wait_for_done` listens to it.
+DONE_CHANNEL = "farm_job_done"
+
+
+def notify_done(conn: Connection, job_ids: Sequence[str]) -> None:
+    """Announce, when the transaction commits, that these jobs reached a final status (Postgres
+    ``NOTIFY``; delivered only on commit, never for a rolled-back change). SQLite: nothing (waiters
+    poll)."""
+    if conn.dialect.name != "postgresql" or not job_ids:
+        return
+    for part in chunks(list(job_ids)):
+        conn.execute(text("SELECT pg_notify(:channel, x) FROM unnest(CAST(:ids AS text[])) AS x"),
+                     {"channel": DONE_CHANNEL, "ids": list(part)})
+
+
+def unmark_enqueued(conn: Connection, job_ids: Sequence[str]) -> None:
+    """Clear the sent mark of queued jobs whose message could not be sent (the reaper sends them)."""
+    for part in chunks(list(job_ids)):
+        conn.execute(update(jobs).where(jobs.c.id.in_(part), jobs.c.status == JobStatus.QUEUED.value)
+                     .values(enqueued_at=None))
+
+
+def unconfirmed(conn: Connection, batch_id: str) -> list[tuple[str, str, int]]:
+    """``(id, priority, batch_index)`` of the batch's queued non-follower jobs whose message is not
+    confirmed sent: never sent, or after the batch's ``sent_through`` (in batch order)."""
+    through = select(batches.c.sent_through).where(batches.c.id == batch_id).scalar_subquery()
+    query = (
+        select(jobs.c.id, jobs.c.priority, jobs.c.batch_index)
+        .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED.value,
+               jobs.c.cache_of_job_id.is_(None), jobs.c.enqueued_at.is_(None) | (jobs.c.batch_index > through))
+        .order_by(jobs.c.batch_index.asc().nulls_last(), jobs.c.id)
+    )
+    return [(r.id, r.priority, r.batch_index if r.batch_index is not None else -1) for r in conn.execute(query)]
+
+
+def confirm_sent(conn: Connection, batch_id: str, through: int) -> None:
+    conn.execute(update(batches).where(batches.c.id == batch_id, batches.c.sent_through < through)
+                 .values(sent_through=through))
+
+
+def stalled_batches(conn: Connection, before: datetime, limit: int) -> list[str]:
+    """Batches created before ``before`` whose messages were not all confirmed sent."""
+    query = (select(batches.c.id).where(batches.c.sent_through < batches.c.job_count - 1,
+                                        batches.c.created_at < before)
+             .order_by(batches.c.created_at).limit(limit))
+    return list(conn.execute(query).scalars())
 
 
 def mark_enqueued(conn: Connection, job_ids: Sequence[str], now: datetime) -> None:

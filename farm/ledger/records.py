@@ -14,7 +14,7 @@ from typing import Any
 
 from farm.ledger.status import JobStatus
 from farm.settings import DEFAULT_MAX_ATTEMPTS
-from farm.spec import RenderSpec, compat_digest, spec_from_canonical
+from farm.spec import RenderSpec, compat_digest, job_key_from_canonical, spec_from_canonical
 
 
 def _jsonable(value: Any) -> Any:
@@ -72,13 +72,15 @@ class NewJob:
         job_id: str | None = None,
         batch_index: int | None = None,
         no_cache: bool = False,
+        job_key: str | None = None,
     ) -> NewJob:
+        """The job for ``spec`` (``job_key``: the spec's key when the caller computed it already)."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         canon = spec.canonical()
         return cls(
             id=job_id or new_id(),
-            job_key=spec.job_key,
+            job_key=job_key or job_key_from_canonical(canon),
             prompt=canon["prompt"],
             negative_prompt=canon["negative_prompt"],
             seed=canon["seed"],
@@ -181,6 +183,8 @@ class BatchRecord:
     source_name: str
     created_at: datetime
     job_count: int
+    #: The highest batch_index confirmed sent (-1: none).
+    sent_through: int = -1
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BatchRecord:
@@ -292,3 +296,24 @@ class OutputMark:
     #: The file's sha256 and size as the check found them (None: not hashed / not found).
     actual_sha256: str | None = None
     size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What adding jobs did with each of them (:meth:`farm.ledger.manager.Ledger.admit`)."""
+
+    job_ids: list[str]
+    #: ``(job_id, priority)`` of the jobs that need a wake-up message, in order (batches: in
+    #: ``batch_index`` order; :attr:`to_send_index` holds each one's index).
+    to_send: list[tuple[str, str]]
+    #: Cache hits: job id -> the job whose output answered it (already succeeded).
+    answered: dict[str, str]
+    #: Followers: job id -> the identical queued or running job they wait for.
+    following: dict[str, str]
+    batch_id: str | None = None
+    #: False when the batch existed already (nothing was written).
+    created: bool = True
+    #: The ``batch_index`` of each job of :attr:`to_send` (batches only).
+    to_send_index: list[int] = field(default_factory=list)
+    #: The batch's job count (batches only): confirming it sent through ``job_count - 1`` closes it.
+    job_count: int = 0

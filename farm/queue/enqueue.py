@@ -16,12 +16,10 @@ Torch-free; never imports the task module (messages are sent by task name).
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from kombu.exceptions import KombuError
 from tenacity import (
@@ -37,8 +35,10 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from farm.errors import BrokerUnavailable, TransientError
+from farm.ledger.status import PRIORITIES
 from farm.ledger.types import utcnow
-from farm.queue.app import BROKER_CONNECT_TIMEOUT_S, get_app
+from farm.queue import wire
+from farm.queue.app import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, get_app
 from farm.queue.names import TASK_RENDER, queue_for
 from farm.settings import Settings, get_settings, redacted_url
 
@@ -98,20 +98,6 @@ def _broker_errors(app: Celery) -> tuple[type[BaseException], ...]:
     return tuple(dict.fromkeys(found))
 
 
-def check_reachable(url: str, timeout_s: float) -> None:
-    """Fail fast when a Redis broker does not accept TCP connections: redis-py retries a refused
-    connect with backoff (seconds per message), which a producer reporting back must not wait
-    for. :class:`~farm.errors.BrokerUnavailable` when unreachable; other brokers are not checked."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        return
-    host, port = parts.hostname or "127.0.0.1", parts.port or DEFAULT_REDIS_PORT
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as exc:
-        raise BrokerUnavailable(f"broker {redacted_url(url)} unreachable: {exc}") from exc
-
-
 def enqueue_jobs(
     ledger: Ledger,
     jobs: Sequence[tuple[str, str]],
@@ -120,13 +106,15 @@ def enqueue_jobs(
     settings: Settings | None = None,
     attempts: int | None = None,
     max_total_s: float | None = None,
+    mark: bool = True,
 ) -> int:
     """Send one ``farm.render`` message per ``(job_id, priority)`` (jobs already committed in the
     ledger), then mark them enqueued. Returns how many were sent. Raises
     :class:`~farm.errors.BrokerUnavailable` when the broker stays unreachable through the retries
     (``attempts``, default ``FARM_RETRY_COUNT``; at most ``max_total_s`` seconds); the jobs sent
     before that are marked."""
-    sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts, max_total_s=max_total_s)
+    sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts, max_total_s=max_total_s,
+                            mark=mark)
     if error is not None:
         raise error
     return len(sent)
@@ -140,38 +128,27 @@ def send_jobs(
     settings: Settings | None = None,
     attempts: int | None = None,
     max_total_s: float | None = None,
+    mark: bool = True,
 ) -> tuple[list[str], BrokerUnavailable | None]:
-    """:func:`enqueue_jobs` that reports instead of raising: the ids sent (and marked enqueued),
-    and the broker error that stopped it, if any."""
+    """:func:`enqueue_jobs` that reports instead of raising: the ids sent (and, with ``mark``,
+    marked enqueued), and the broker error that stopped it, if any. ``mark=False``: the caller
+    marked them already (in the transaction that added them)."""
     if not jobs:
         return [], None
     settings = settings or get_settings()
     app = app or get_app(settings)
-    errors = _broker_errors(app)
-    broker = redacted_url(str(app.conf.broker_url))
+    send_chunk = _sender(app, max_total_s)
     sent: list[str] = []
     remaining = list(jobs)
 
     def send_remaining() -> None:
-        if max_total_s is not None:
-            check_reachable(str(app.conf.broker_url), min(BROKER_CONNECT_TIMEOUT_S, max_total_s))
-        # One producer connection; on Redis, each chunk goes out as one pipeline (kombu's publish
-        # batch, which needs a connection that does not replay writes on timeout). A chunk counts
-        # as sent only once its pipeline is flushed; a chunk cut short is sent again whole on the
-        # next try (a duplicate message is harmless: the claim drops it).
-        try:
-            with app.connection_for_write(transport_options=PRODUCER_TRANSPORT_OPTIONS) as conn:
-                producer = app.amqp.Producer(conn)
-                while remaining:
-                    chunk = remaining[:SEND_CHUNK]
-                    with producer.batch(max_size=2 * SEND_CHUNK + 1):
-                        for job_id, priority in chunk:
-                            app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority),
-                                          producer=producer, ignore_result=True, retry=False)
-                    sent.extend(job_id for job_id, _ in chunk)
-                    del remaining[: len(chunk)]
-        except errors as exc:
-            raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
+        # A chunk counts as sent once its pipeline is flushed; a chunk cut short is sent again whole
+        # on the next try (a duplicate message is harmless: the claim drops it).
+        while remaining:
+            chunk = remaining[:SEND_CHUNK]
+            send_chunk(chunk)
+            sent.extend(job_id for job_id, _ in chunk)
+            del remaining[: len(chunk)]
 
     error: BrokerUnavailable | None = None
     try:
@@ -183,11 +160,81 @@ def send_jobs(
         error = exc
         log.warning("%d job message(s) not sent (the reaper sends them later): %s", len(remaining), exc)
     finally:
-        if sent:
+        if sent and mark:
             ledger.mark_enqueued(sent)
     return sent, error
 
 
+def _sender(app: Celery, max_total_s: float | None) -> Callable[[Sequence[tuple[str, str]]], None]:
+    """How one chunk of messages goes out: straight into Redis (:mod:`farm.queue.wire`), else
+    through kombu; either way a broker error becomes :class:`~farm.errors.BrokerUnavailable`."""
+    url = str(app.conf.broker_url)
+    broker = redacted_url(url)
+    if wire.supports(url):
+        import redis
+
+        connect_s = BROKER_CONNECT_TIMEOUT_S if max_total_s is None else min(BROKER_CONNECT_TIMEOUT_S, max_total_s)
+        client = wire.client_for(url, connect_timeout_s=connect_s, socket_timeout_s=BROKER_SOCKET_TIMEOUT_S)
+
+        def send_raw(chunk: Sequence[tuple[str, str]]) -> None:
+            try:
+                wire.publish(app, client, chunk)
+            except (redis.RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
+
+        return send_raw
+    errors = _broker_errors(app)
+
+    def send_kombu(chunk: Sequence[tuple[str, str]]) -> None:
+        # One producer connection per chunk; kombu's publish batch pipelines it on Redis-like
+        # transports (it needs a connection that does not replay writes on timeout).
+        try:
+            with app.connection_for_write(transport_options=PRODUCER_TRANSPORT_OPTIONS) as conn:
+                producer = app.amqp.Producer(conn)
+                with producer.batch(max_size=2 * len(chunk) + 1):
+                    for job_id, priority in chunk:
+                        app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority), producer=producer,
+                                      ignore_result=True, retry=False)
+        except errors as exc:
+            raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
+
+    return send_kombu
+
+
+def _drained(app: Celery) -> list[str]:
+    """The priorities whose queue holds no message right now (Redis brokers; unknown: none)."""
+    url = str(app.conf.broker_url)
+    if not wire.supports(url):
+        return []
+    import redis
+
+    client = wire.client_for(url, connect_timeout_s=BROKER_CONNECT_TIMEOUT_S, socket_timeout_s=BROKER_SOCKET_TIMEOUT_S)
+    try:
+        lengths = wire.queue_lengths(client, [queue_for(p) for p in PRIORITIES])
+    except (redis.RedisError, OSError) as exc:
+        log.debug("reaper: queue lengths unknown (%s)", exc)
+        return []
+    return [p for p in PRIORITIES if lengths[queue_for(p)] == 0]
+
+
+def _resend_stalled(ledger: Ledger, settings: Settings, app: Celery | None, before: datetime,
+                    report: ReapReport) -> list[str]:
+    closed = []
+    for batch_id in ledger.stalled_batches(before, limit=STALLED_BATCHES_PER_PASS):
+        rows = ledger.unconfirmed(batch_id)
+        pending = [(job_id, priority) for job_id, priority, _ in rows]
+        sent, error = send_jobs(ledger, pending, app=app, settings=settings, attempts=1)
+        report.enqueued += sent
+        if error is not None:
+            report.error = str(error)
+            break
+        ledger.confirm_sent(batch_id, ledger.get_batch(batch_id).job_count - 1)
+        closed.append(batch_id)
+    return closed
+
+
+#: Batches whose sending stalled, handled per reaper pass.
+STALLED_BATCHES_PER_PASS = 20
 #: Most queued jobs one reaper pass looks at (the rest wait for the next pass).
 REAP_LIMIT = 5000
 
@@ -205,6 +252,8 @@ class ReapReport:
     deferred: list[str] = field(default_factory=list)
     #: Set when sending failed (the jobs stay queued, unsent; the next pass tries again).
     error: str | None = None
+    #: Batches whose unconfirmed messages this pass sent (their sending had stalled).
+    batches: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,7 +270,9 @@ def reap(
 ) -> ReapReport:
     """One reaper pass: ``requeue_expired()`` (expired leases: queued again with ``enqueued_at``
     NULL, or failed ``LeaseExpired`` at the cap), then send the queued jobs whose ``enqueued_at`` is
-    NULL or older than ``FARM_REENQUEUE_AFTER_S``.
+    NULL or older than ``FARM_REENQUEUE_AFTER_S`` — or, when their queue is empty (every message
+    in it was taken, so a job still queued lost its message: a producer died between its commit
+    and its send, a broker lost data), older than ``FARM_LOST_MESSAGE_GRACE_S``.
 
     ``previous`` (a worker's periodic reaper passes its last report's ``deferred``): only jobs
     already unsent at the previous pass, or requeued by this one, are sent; the others are deferred
@@ -231,7 +282,9 @@ def reap(
     now = now or utcnow()
     report = ReapReport(expired=ledger.requeue_expired(now))
     stale_before = now - timedelta(seconds=settings.reenqueue_after_s)
-    pending = ledger.jobs_to_enqueue(stale_before=stale_before, limit=limit)
+    lost_since = now - timedelta(seconds=settings.lost_message_grace_s)
+    lost_before = {priority: lost_since for priority in _drained(app or get_app(settings))}
+    pending = ledger.jobs_to_enqueue(stale_before=stale_before, limit=limit, lost_before=lost_before)
     if previous is not None:
         due = set(previous) | set(report.expired)
         report.deferred = [job_id for job_id, _ in pending if job_id not in due]
@@ -241,6 +294,12 @@ def reap(
         report.error = None if error is None else str(error)
         sent = set(report.enqueued)
         report.deferred += [job_id for job_id, _ in pending if job_id not in sent]
+    if report.error is None:
+        # Batches whose producer did not confirm every message (it died while sending, or the
+        # broker was away): send the unconfirmed rest, then close the batch. `farm reap` does it
+        # now; a worker's periodic pass once the grace has passed.
+        grace_s = 0.0 if previous is None else settings.lost_message_grace_s
+        report.batches = _resend_stalled(ledger, settings, app, now - timedelta(seconds=grace_s), report)
     if report.expired or report.enqueued:
         log.info("reaper: %d expired lease(s), %d job message(s) sent", len(report.expired), len(report.enqueued))
     return report

@@ -1,6 +1,7 @@
 """farm's output store: the layout, URIs and checks of rendered files (:mod:`farm.store.layout`),
-file hashing and atomic writes (:mod:`farm.store.files`), and the encoder that turns frames into
-files (:mod:`farm.store.encode`, numpy and ffmpeg: imported only by writers).
+file hashing and atomic writes (:mod:`farm.store.files`), and writing renders
+(:mod:`farm.store.writer` with the encoder :mod:`farm.store.encode`: numpy and ffmpeg, imported
+only by workers and ``farm render``).
 
 Importing this package loads neither numpy nor torch.
 """

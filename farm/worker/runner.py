@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from farm.settings import Settings
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class JobRunner:
 
     ledger: Ledger
     engine: RenderEngine
-    store: OutputStore
+    store: OutputWriter
     worker_host: str
     worker_device: str
     lease_s: float
@@ -245,6 +245,26 @@ class JobRunner:
         """Claim one job for this worker (None: not claimable, drop its message)."""
         return self.retry(f"claiming job {job_id}", lambda: self.ledger.claim(
             job_id, worker_host=self.worker_host, worker_device=self.worker_device, lease_s=self.lease_s))
+
+    def claim_group(self, job_id: str) -> list[JobRecord]:
+        """Claim ``job_id`` and, to render with it (expert-phase batching), up to
+        ``phase_batch - 1`` queued jobs with the same compat key; [] when ``job_id`` is not
+        claimable. An interactive job is batched only with interactive jobs (a batch job would
+        slow it down); a batch job takes interactive jobs first, then the oldest. A job attempted
+        before is rendered alone (poison isolation)."""
+        primary = self.claim(job_id)
+        if primary is None:
+            return []
+        claimed = [primary]
+        if self.phase_batch > 1 and primary.attempts <= 1:
+            priority = "interactive" if primary.priority == "interactive" else None
+            try:
+                claimed += self.retry(f"claiming jobs compatible with {job_id}", lambda: self.ledger.claim_more(
+                    primary.compat_key, limit=self.phase_batch - 1, worker_host=self.worker_host,
+                    worker_device=self.worker_device, lease_s=self.lease_s, priority=priority))
+            except TransientError as exc:
+                log.warning("job %s: no compatible jobs claimed (%s); rendering it alone", job_id, exc)
+        return claimed
 
     def run_claimed(self, records: Sequence[JobRecord]) -> list[Outcome]:
         """Render and record jobs this worker has already claimed; one outcome per job, in order.
@@ -516,12 +536,12 @@ def build_runner(settings: Settings, ledger: Ledger, *, owner: str, device: str,
     """The runner a worker process and ``farm render`` both use: the engine and the output store
     the settings name, the leases and phase batches they set. Imports torch (the engine)."""
     from farm.engine.render import Engine
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
 
     return JobRunner(
         ledger=ledger,
         engine=Engine.from_settings(settings),
-        store=OutputStore(settings.outputs_path),
+        store=OutputWriter(settings.outputs_path),
         worker_host=owner,
         worker_device=device,
         lease_s=settings.lease_s,

@@ -101,6 +101,8 @@ class WorkerRuntime:
         self._runner_lock = threading.Lock()
         self._consumer: Any = None
         self._background = threading.Event()
+        #: Set when the workers row should be written now (a state change); the presence thread waits on it.
+        self._presence_due = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stop_timer: threading.Timer | None = None
         #: Queued jobs the reaper found unsent at its last pass (sent at the next if still unsent).
@@ -176,24 +178,11 @@ class WorkerRuntime:
         return outcomes
 
     def _claim(self, job_id: str) -> list[JobRecord]:
-        s, ledger = self.settings, self.ledger
-        primary = self.retry(f"claiming job {job_id}", lambda: ledger.claim(
-            job_id, worker_host=self.config.owner, worker_device=self.config.device, lease_s=s.lease_s))
-        if primary is None:
+        claimed = self.runner.claim_group(job_id)
+        if not claimed:
             self._log_drop(job_id)
             return []
-        claimed = [primary]
-        if s.phase_batch > 1 and primary.attempts <= 1:
-            # An interactive job is batched only with interactive jobs (a batch job would slow it
-            # down); a batch job takes interactive jobs first, then the oldest.
-            priority = "interactive" if primary.priority == "interactive" else None
-            try:
-                claimed += self.retry(f"claiming jobs compatible with {job_id}", lambda: ledger.claim_more(
-                    primary.compat_key, limit=s.phase_batch - 1, worker_host=self.config.owner,
-                    worker_device=self.config.device, lease_s=s.lease_s, priority=priority))
-            except TransientError as exc:
-                log.warning("job %s: no compatible jobs claimed (%s); rendering it alone", job_id, exc)
-        log.info("claimed job %s (attempt %d)%s", job_id, primary.attempts,
+        log.info("claimed job %s (attempt %d)%s", job_id, claimed[0].attempts,
                  f" and {len(claimed) - 1} compatible job(s)" if len(claimed) > 1 else "")
         return claimed
 
@@ -292,7 +281,12 @@ class WorkerRuntime:
             log.warning("workers row not updated (%s)", exc)
 
     def _seen_quietly(self) -> None:
-        """:meth:`_seen` from the message path: a ledger outage is the presence thread's to report."""
+        """:meth:`_seen` from the message path. While the presence thread runs it writes the row
+        at once in the background (the job's path never waits on it, and a ledger outage is its
+        to report); before it starts or after shutdown, here and now."""
+        if self._threads and not self._background.is_set():
+            self._presence_due.set()
+            return
         try:
             self._seen()
         except TransientError as exc:
@@ -314,11 +308,11 @@ class WorkerRuntime:
         if port is not None and self.metrics is None:
             self.metrics = WorkerMetrics(self.config.hostname, self.config.device)
             self.metrics.serve(self.settings.worker_metrics_host, metrics_port(port, self.config.device))
-        for name, interval, fn in (
-            ("farm-reaper", self.settings.reap_interval_s, self.reap_once),
-            ("farm-presence", float(self.settings.heartbeat_s), self._seen),
+        for name, interval, fn, wake in (
+            ("farm-reaper", self.settings.reap_interval_s, self.reap_once, None),
+            ("farm-presence", float(self.settings.heartbeat_s), self._seen, self._presence_due),
         ):
-            thread = threading.Thread(target=self._every, args=(interval, fn), name=name, daemon=True)
+            thread = threading.Thread(target=self._every, args=(interval, fn, wake), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -334,12 +328,22 @@ class WorkerRuntime:
         if removed:
             log.info("output store: removed %d temporary entr(y/ies) left by dead writers", removed)
 
-    def _every(self, interval: float, fn: Callable[[], object]) -> None:
+    def _every(self, interval: float, fn: Callable[[], object], wake: threading.Event | None = None) -> None:
         """Call ``fn`` every ``interval`` seconds (jittered, so that workers started together do
-        not reap in lockstep) until shutdown; a transient failure is logged once per outage."""
+        not reap in lockstep) — and at once whenever ``wake`` is set — until shutdown; a transient
+        failure is logged once per outage."""
         name = threading.current_thread().name
         failing = False
-        while not self._background.wait(interval * random.uniform(0.8, 1.2)):  # noqa: S311
+        while True:
+            pause = interval * random.uniform(0.8, 1.2)  # noqa: S311
+            if wake is None:
+                if self._background.wait(pause):
+                    break
+            else:
+                wake.wait(pause)
+                wake.clear()
+                if self._background.is_set():
+                    break
             try:
                 fn()
             except TransientError as exc:
@@ -382,6 +386,7 @@ class WorkerRuntime:
     def on_shutdown(self) -> None:
         """The worker stopped: stop the threads and record the state."""
         self._background.set()
+        self._presence_due.set()  # the presence thread ends; the last state is written here
         if self._stop_timer is not None:
             self._stop_timer.cancel()
         self._set_state("stopped")

@@ -89,6 +89,9 @@ def test_the_readme_recipe_runs_as_written(tmp_path: Path, database: str) -> Non
     out, err = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 0, f"stdout:\n{out[-4000:]}\nstderr:\n{err[-8000:]}"
     rows = list(csv.DictReader(io.StringIO(out[out.index("job_id,"):])))
-    assert len(rows) == 33 and {r["status"] for r in rows} == {"succeeded"}, rows[:2]
+    # (the background workers share the block's output: keep the result rows of the batch)
+    rows = [r for r in rows if r.get("batch_id") and r["batch_id"] == rows[0]["batch_id"]]
+    assert len(rows) == 33, (len(rows), out[:3000])
+    assert {r["status"] for r in rows} == {"succeeded"}, rows[:2]
     assert all(Path(r["output"]).is_file() for r in rows)
     assert "done" in err  # farm wait's last line

@@ -44,7 +44,7 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
     assert all(not r.is_merge_point for r in revisions)
     assert db.MIGRATIONS_DIR.is_dir() and (db.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -180,7 +180,7 @@ def test_upgrade_to_0003_records_the_outputs_of_succeeded_jobs(empty_engine: Eng
         for job_id, (at, sha, status, uri) in finished.items():
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                 status=status, finished_at=at, file_sha256=sha, output_uri=uri))
-    db.upgrade(empty_engine)
+    db.upgrade(empty_engine, "0003")
     assert db.current_revision(empty_engine) == "0003"
     outputs = Table("outputs", MetaData(), autoload_with=empty_engine)
     with empty_engine.connect() as conn:
@@ -190,8 +190,31 @@ def test_upgrade_to_0003_records_the_outputs_of_succeeded_jobs(empty_engine: Eng
     assert (first.file_sha256, first.state, first.size_bytes) == ("b" * 64, "ok", None)
     assert first.verified_at.replace(tzinfo=UTC) == t0.replace(day=2)
     assert rows["file:///o/cc/2/video.mp4"].file_sha256 == "c" * 64
+    db.upgrade(empty_engine)
     assert _diff(empty_engine, metadata) == []
     db.downgrade(empty_engine, "0002")
     assert "outputs" not in _tables(empty_engine)
     with empty_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 4
+
+
+def test_upgrade_to_0004_counts_existing_batches_as_sent(empty_engine: Engine) -> None:
+    """Batches recorded before 0004 were marked job by job: they count as sent through their last
+    job (the jobs' own ``enqueued_at`` still says which were never sent); new ones start at -1."""
+    db.upgrade(empty_engine, "0003")
+    batches = Table("batches", MetaData(), autoload_with=empty_engine)
+    at = datetime(2025, 5, 1, tzinfo=UTC)
+    with empty_engine.begin() as conn:
+        conn.execute(batches.insert().values(id="b1", manifest_digest="d" * 64, name="old", source_name="old.yaml",
+                                             created_at=at, job_count=7))
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == "0004"
+    batches = Table("batches", MetaData(), autoload_with=empty_engine)
+    with empty_engine.begin() as conn:
+        assert conn.execute(select(batches.c.sent_through)).scalar_one() == 6
+        conn.execute(batches.insert().values(id="b2", manifest_digest="e" * 64, name="new", source_name="n.yaml",
+                                             created_at=at, job_count=3))
+        assert conn.execute(select(batches.c.sent_through).where(batches.c.id == "b2")).scalar_one() == -1
+    assert _diff(empty_engine, metadata) == []
+    db.downgrade(empty_engine, "0003")
+    assert "sent_through" not in {c["name"] for c in inspect(empty_engine).get_columns("batches")}

@@ -15,5 +15,7 @@ def test_every_subpackage_is_listed_and_the_migrations_are_mapped() -> None:
     mapped = {"farm.ledger.migrations", "farm.ledger.migrations.versions"}
     assert set(config["packages"]) == on_disk | mapped
     assert config["package-dir"] == {"farm.ledger.migrations": "migrations"}
-    assert (REPO / "migrations" / "__init__.py").is_file() and (REPO / "migrations" / "versions" / "__init__.py").is_file()
+    assert (REPO / "migrations" / "__init__.py").is_file() and (
+        REPO / "migrations" / "versions" / "__init__.py"
+    ).is_file()
     assert "script.py.mako" in config["package-data"]["farm.ledger.migrations"]

@@ -16,6 +16,9 @@ from farm.spec import parse_spec
 
 FARM = Path(sys.executable).with_name("farm")
 
+#: The migrations' head (what `farm db upgrade` brings a fresh database to).
+HEAD = Ledger.head_revision()
+
 
 def farm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
@@ -28,11 +31,11 @@ def test_db_upgrade_on_a_fresh_embedded_sqlite_data_dir(tmp_path: Path) -> None:
     env = {"FARM_DATA_DIR": str(data_dir)}
     done = farm("db", "upgrade", env=env)
     assert done.returncode == 0, done.stderr
-    assert "upgraded empty -> 0003" in done.stdout
+    assert f"upgraded empty -> {HEAD}" in done.stdout
     assert (data_dir / EMBEDDED_LEDGER_FILENAME).is_file()
     again = farm("db", "upgrade", "--json", env=env)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == {"url": json.loads(again.stdout)["url"], "from": "0003", "to": "0003"}
+    assert json.loads(again.stdout) == {"url": json.loads(again.stdout)["url"], "from": HEAD, "to": HEAD}
     check = farm("db", "check", env=env)
     assert check.returncode == 0 and "ok" in check.stdout, check.stderr
 
@@ -47,7 +50,7 @@ def test_db_upgrade_on_a_sqlite_database_url(tmp_path: Path) -> None:
     assert (tmp_path / "elsewhere" / "farm.db").is_file()
     assert not (tmp_path / "unused").exists()
     after = json.loads(farm("db", "current", "--json", env=env).stdout)
-    assert after["current"] == after["head"] == "0003" and after["at_head"]
+    assert after["current"] == after["head"] == HEAD and after["at_head"]
 
 
 @pytest.mark.postgres
@@ -61,9 +64,9 @@ def test_db_commands_on_a_fresh_postgres_database(pg_empty_url: str, tmp_path: P
 
     done = farm("db", "upgrade", env=env)
     assert done.returncode == 0, done.stderr
-    assert "upgraded empty -> 0003" in done.stdout
+    assert f"upgraded empty -> {HEAD}" in done.stdout
     current = farm("db", "current", env=env)
-    assert current.returncode == 0 and "current: 0003" in current.stdout
+    assert current.returncode == 0 and f"current: {HEAD}" in current.stdout
     check = farm("db", "check", "--json", env=env)
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["ok"] is True
@@ -83,7 +86,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: str, request: pytest.F
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
-    assert sum("upgraded empty -> 0003" in out for out, _ in outputs) == 1
+    assert sum(f"upgraded empty -> {HEAD}" in out for out, _ in outputs) == 1
     check = farm("db", "check", env={k: v for k, v in env.items() if k.startswith("FARM_")})
     assert check.returncode == 0, check.stderr
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from farm.errors import OutputRefused, StorageError
-from farm.store import OutputStore
 from farm.store import encode as E
 from farm.store import files as F
 from farm.store import layout as L
 from farm.store.encode import frames_sha256
+from farm.store.writer import OutputWriter
 
 JOB_KEY = "ab" * 32
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -101,8 +101,8 @@ if cpus != "all":
     os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 sys.path.insert(0, sys.argv[3])
 from test_outputs import noisy_frames
-from farm.store import OutputStore
-stored = OutputStore(Path(sys.argv[1])).put_render(noisy_frames(17, 64, 96), 16, "ab" * 32, "mp4+frames")
+from farm.store.writer import OutputWriter
+stored = OutputWriter(Path(sys.argv[1])).put_render(noisy_frames(17, 64, 96), 16, "ab" * 32, "mp4+frames")
 print(json.dumps({"file": stored.file_sha256, "frames": stored.frames_sha256, "id": stored.output_id,
                   "poster": __import__("hashlib").sha256(stored.poster_path.read_bytes()).hexdigest(),
                   "path": str(stored.path), "cpus": sorted(os.sched_getaffinity(0))}))
@@ -138,7 +138,7 @@ def test_mp4_decodes_to_the_frames(tmp_path: Path) -> None:
     import imageio_ffmpeg
 
     frames = smooth_frames(9, 48, 64)
-    stored = OutputStore(tmp_path).put_render(frames, 8, JOB_KEY)
+    stored = OutputWriter(tmp_path).put_render(frames, 8, JOB_KEY)
     reader = imageio_ffmpeg.read_frames(str(stored.path))
     meta = next(reader)
     decoded = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(48, 64, 3) for b in reader])
@@ -153,7 +153,7 @@ def test_odd_sizes_are_padded_for_the_mp4_only(tmp_path: Path) -> None:
     import imageio_ffmpeg
 
     frames = smooth_frames(5, 33, 17)
-    stored = OutputStore(tmp_path).put_render(frames, 8, JOB_KEY)
+    stored = OutputWriter(tmp_path).put_render(frames, 8, JOB_KEY)
     reader = imageio_ffmpeg.read_frames(str(stored.path))
     assert next(reader)["size"] == (18, 34)
     assert sum(1 for _ in reader) == 5
@@ -167,7 +167,7 @@ def test_odd_sizes_are_padded_for_the_mp4_only(tmp_path: Path) -> None:
 
 
 def test_a_single_pixel_video(tmp_path: Path) -> None:
-    stored = OutputStore(tmp_path).put_render(noisy_frames(1, 1, 1), 1, JOB_KEY)
+    stored = OutputWriter(tmp_path).put_render(noisy_frames(1, 1, 1), 1, JOB_KEY)
     assert stored.size_bytes > 0 and stored.shape == (1, 1, 1, 1 * 3)
 
 
@@ -191,8 +191,8 @@ def test_poster_is_the_middle_frame_without_metadata(tmp_path: Path) -> None:
     from PIL import Image
 
     frames = noisy_frames(9)
-    a = OutputStore(tmp_path / "a").put_render(frames, 8, JOB_KEY)
-    b = OutputStore(tmp_path / "b").put_render(frames, 8, "cd" * 32)
+    a = OutputWriter(tmp_path / "a").put_render(frames, 8, JOB_KEY)
+    b = OutputWriter(tmp_path / "b").put_render(frames, 8, "cd" * 32)
     data = a.poster_path.read_bytes()
     assert data == b.poster_path.read_bytes()
     assert data == E.png_bytes(frames[4])
@@ -208,14 +208,14 @@ def test_mp4_plus_frames_writes_lossless_pngs(tmp_path: Path) -> None:
     from PIL import Image
 
     frames = noisy_frames(5)
-    stored = OutputStore(tmp_path).put_render(frames, 8, JOB_KEY, "mp4+frames")
+    stored = OutputWriter(tmp_path).put_render(frames, 8, JOB_KEY, "mp4+frames")
     assert stored.frames_dir is not None
     names = sorted(p.name for p in stored.frames_dir.iterdir())
     assert names == [f"{i:05d}.png" for i in range(5)]
     for i, name in enumerate(names):
         with Image.open(stored.frames_dir / name) as img:
             assert np.array_equal(np.asarray(img), frames[i])
-    plain = OutputStore(tmp_path).put_render(frames, 8, JOB_KEY, "mp4")
+    plain = OutputWriter(tmp_path).put_render(frames, 8, JOB_KEY, "mp4")
     assert plain.frames_dir is None
     assert plain.output_id != stored.output_id  # the format is part of the address
     assert plain.file_sha256 == stored.file_sha256  # same video bytes
@@ -229,7 +229,7 @@ def test_layout_is_derived_from_hashes_only(tmp_path: Path) -> None:
 
     prompt = "../../escape/ a cat / on ../the roof/.. %2e%2e"
     spec = parse_spec({"prompt": prompt, "seed": 3})
-    store = OutputStore(tmp_path / "out")
+    store = OutputWriter(tmp_path / "out")
     stored = store.put_render(noisy_frames(), 8, spec.job_key, "mp4+frames")
     rel = stored.path.parent.relative_to(tmp_path / "out")
     assert rel.parts == (stored.output_id[:2], stored.output_id)
@@ -250,7 +250,7 @@ def test_layout_is_derived_from_hashes_only(tmp_path: Path) -> None:
 
 
 def test_job_key_must_be_a_hash(tmp_path: Path) -> None:
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     for bad in ("../../etc/passwd", "a cat on a roof", "AB" * 32, "ab" * 31):
         with pytest.raises(ValueError, match="job_key"):
             store.put_render(noisy_frames(1), 8, bad)
@@ -264,7 +264,7 @@ def test_job_key_must_be_a_hash(tmp_path: Path) -> None:
 
 
 def test_put_is_idempotent_and_verifiable(tmp_path: Path) -> None:
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     frames = noisy_frames()
     first = store.put_render(frames, 8, JOB_KEY)
     assert not first.reused and first.encode_seconds > 0
@@ -302,7 +302,7 @@ def test_put_is_idempotent_and_verifiable(tmp_path: Path) -> None:
 
 
 def test_no_temp_files_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     store.put_render(noisy_frames(), 8, JOB_KEY, "mp4+frames")
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
     # a failing encoder leaves neither a temp directory nor a half output
@@ -322,7 +322,7 @@ def test_atomic_file_write(tmp_path: Path) -> None:
 
 
 def test_losing_the_rename_race_returns_the_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     frames = noisy_frames()
     real_rename = os.rename
     raced: list[Any] = []
@@ -330,7 +330,7 @@ def test_losing_the_rename_race_returns_the_winner(tmp_path: Path, monkeypatch: 
     def rename(src: Any, dst: Any) -> None:
         if not raced:  # another writer finishes first, between our check and our rename
             monkeypatch.setattr(L.os, "rename", real_rename)
-            raced.append(OutputStore(tmp_path).put_render(frames, 8, "cd" * 32))
+            raced.append(OutputWriter(tmp_path).put_render(frames, 8, "cd" * 32))
         real_rename(src, dst)
 
     monkeypatch.setattr(L.os, "rename", rename)
@@ -346,11 +346,11 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_outputs import noisy_frames
-from farm.store import OutputStore
+from farm.store.writer import OutputWriter
 frames = noisy_frames(33, 64, 64)
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
-s = OutputStore(Path(sys.argv[1])).put_render(frames, 16, sys.argv[4], "mp4+frames")
+s = OutputWriter(Path(sys.argv[1])).put_render(frames, 16, sys.argv[4], "mp4+frames")
 print(json.dumps({"id": s.output_id, "file": s.file_sha256, "frames": s.frames_sha256, "reused": s.reused}))
 """
 
@@ -376,7 +376,7 @@ def test_concurrent_puts_of_the_same_frames(tmp_path: Path) -> None:
     dirs = [p for p in tmp_path.glob("*/*")]
     assert [p.name for p in dirs] == [results[0]["id"]]
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(F.TEMP_PREFIX)]
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     stored = store.get(results[0]["id"])
     assert stored is not None and store.verify(stored)
     assert len(list(stored.frames_dir.iterdir())) == 33  # type: ignore[union-attr]
@@ -389,12 +389,12 @@ def test_symlink_escapes_are_refused(tmp_path: Path) -> None:
     frames = noisy_frames()
     output_id = L.output_id_of(frames_sha256(frames), 8, "mp4")
     (root / output_id[:2]).symlink_to(outside, target_is_directory=True)
-    store = OutputStore(root)
+    store = OutputWriter(root)
     with pytest.raises(OutputRefused, match="outside the output root"):
         store.put_render(frames, 8, JOB_KEY)
     assert list(outside.iterdir()) == []
     # a record pointing outside the root is refused too
-    good = OutputStore(tmp_path / "other").put_render(frames, 8, JOB_KEY)
+    good = OutputWriter(tmp_path / "other").put_render(frames, 8, JOB_KEY)
     with pytest.raises(OutputRefused, match="outside the output root"):
         store.verify(good)
 
@@ -402,7 +402,7 @@ def test_symlink_escapes_are_refused(tmp_path: Path) -> None:
 def test_clean_temp_removes_only_stale_temporaries(tmp_path: Path) -> None:
     import time
 
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     stored = store.put_render(noisy_frames(), 8, JOB_KEY)
     parent = stored.path.parent.parent
     stale, fresh = parent / f"{F.TEMP_PREFIX}dead-1-x", parent / f"{F.TEMP_PREFIX}live-2-y"
@@ -431,7 +431,7 @@ def test_check_says_ok_unverified_missing_or_corrupt(tmp_path: Path) -> None:
 
     from farm.store import OutputState
 
-    store = OutputStore(tmp_path)
+    store = OutputWriter(tmp_path)
     stored = store.put_render(noisy_frames(), 8, JOB_KEY)
     uri, sha, size = stored.uri, stored.file_sha256, stored.size_bytes
     later = datetime.now(UTC) + timedelta(seconds=5)

@@ -1,4 +1,4 @@
-"""Helpers shared by the engine tests (imported as ``engine_helpers``)."""
+"""Helpers shared by the engine tests and the GPU tests (imported as ``engine_helpers``)."""
 
 from __future__ import annotations
 

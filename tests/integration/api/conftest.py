@@ -2,7 +2,7 @@
 PRIVATE ``redis-server`` per test on a free loopback port (never the shared one; nothing is ever
 flushed: each test's server starts empty and is stopped at the end).
 
-* ``redis_server`` — the private Redis (``lengths()``, ``job_ids(queue)``, ``client``);
+* ``redis_server`` — the private Redis (``client``, ``url``; defined in ``tests/conftest.py``);
 * ``api_settings`` — farm settings on both, outputs under the test's tmp dir, a test token;
 * ``http`` — a FastAPI ``TestClient`` on ``create_app(api_settings)`` (start-up and shutdown run),
   sending the bearer token; ``anon`` — the same app without a token.
@@ -19,17 +19,6 @@ from fastapi.testclient import TestClient
 
 from farm.api.app import create_app
 from farm.settings import Settings
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = PrivateRedis(workdir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

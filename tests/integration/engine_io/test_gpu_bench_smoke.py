@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BENCH = ROOT / "bench" / "gpu_bench.py"
 TABLE_FIELDS = {"policy", "K", "ok", "step_seconds_high", "step_seconds_low", "swap_seconds", "swaps_per_job",
                 "moves_seconds_per_job", "job_seconds", "jobs_per_hour", "peak_memory_gib"}

@@ -59,13 +59,13 @@ RunFarm = Callable[..., subprocess.CompletedProcess[str]]
 def run_jobs(ledger: Ledger, settings: Settings, engine: Any, job_ids: list[str]) -> list[Any]:
     """Run ``job_ids`` through the real runner (claim, render, store, record) on the tiny model,
     and register the model's weights fingerprint as a worker does."""
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
     from farm.worker.runner import JobRunner
 
     if not job_ids:
         return []
     runner = JobRunner(
-        ledger=ledger, engine=engine, store=OutputStore(settings.outputs_path),
+        ledger=ledger, engine=engine, store=OutputWriter(settings.outputs_path),
         worker_host="test-cpu@here", worker_device="cpu", lease_s=60, heartbeat_s=5,
     )
     outcomes = runner.run(job_ids)

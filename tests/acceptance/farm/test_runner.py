@@ -45,10 +45,10 @@ def new_job(seed: int, *, tags: dict[str, str] | None = None, no_cache: bool = F
 
 
 def make_runner(ledger: Ledger, engine: Any, tmp_path: Path, **kwargs: Any) -> JobRunner:
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
 
     defaults: dict[str, Any] = {
-        "ledger": ledger, "engine": engine, "store": OutputStore(tmp_path / "outputs"), "worker_host": "test#1",
+        "ledger": ledger, "engine": engine, "store": OutputWriter(tmp_path / "outputs"), "worker_host": "test#1",
         "worker_device": "cpu", "lease_s": 30, "heartbeat_s": 1,
     }
     defaults.update(kwargs)
@@ -129,9 +129,9 @@ def test_retried_jobs_render_alone(ledger: Ledger, engine: Any, tmp_path: Path) 
 
 
 def test_transient_storage_errors_are_retried(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
 
-    store = OutputStore(tmp_path / "outputs")
+    store = OutputWriter(tmp_path / "outputs")
     calls: list[int] = []
 
     class FlakyStore:

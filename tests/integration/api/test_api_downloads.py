@@ -46,10 +46,10 @@ def ledger(pg_url: str) -> Iterator[Ledger]:
 
 def render(ledger: Ledger, settings: Settings, engine: Any, job_id: str) -> None:
     """Run a queued job through the real runner, as a worker does."""
-    from farm.store import OutputStore
+    from farm.store.writer import OutputWriter
     from farm.worker.runner import JobRunner
 
-    runner = JobRunner(ledger=ledger, engine=engine, store=OutputStore(settings.outputs_path),
+    runner = JobRunner(ledger=ledger, engine=engine, store=OutputWriter(settings.outputs_path),
                        worker_host="test-cpu@here", worker_device="cpu", lease_s=60, heartbeat_s=5)
     [outcome] = runner.run([job_id])
     assert outcome.outcome == "succeeded", outcome

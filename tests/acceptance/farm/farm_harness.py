@@ -1,5 +1,5 @@
 """The farm fault tests' harness: a private Redis, worker subprocesses, the FARM_* environment,
-job submission, bounded waits and the exactly-once checks. Imported by tests/farm/conftest.py (the
+job submission, bounded waits and the exactly-once checks. Imported by tests/acceptance/farm/conftest.py (the
 fixtures) and by the test modules (a uniquely named module: ``conftest`` names clash across test
 folders).
 """

@@ -1,14 +1,17 @@
 """A producer SIGKILLed in the middle of ``farm batch`` loses nothing and duplicates nothing.
 
-The real console script runs a manifest of a few thousand jobs; the test watches the ledger (plain
-SQL) and kills the process (1) after the ledger commit, while it is sending the messages, and
-(2) before the commit. Running ``farm batch`` again on the same manifest must give the same batch,
-no duplicate jobs, and every job sent at least once — twice only for the few sent in the moment
-of the kill but not yet marked (harmless: a worker claims a job once and drops the other message).
+The real console script runs a manifest of many thousand jobs; the test watches the ledger (plain
+SQL) and the broker, and kills the process (1) after the ledger commit, while it is sending the
+messages, and (2) before the commit. The batch's ``sent_through`` (confirmed after every chunk of
+messages) says how far sending got. Running ``farm batch`` again on the same manifest — or one
+``farm reap`` — must give the same batch, no duplicate jobs, and every job sent at least once:
+twice only for those of the chunk in flight at the kill (harmless: a worker claims a job once and
+drops the other message).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -49,6 +52,10 @@ class LedgerWatch:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM jobs WHERE enqueued_at IS NOT NULL")).scalar_one())
 
+    def sent_through(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT sent_through FROM batches")).scalar_one())
+
     def jobs(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM jobs")).scalar_one())
@@ -80,37 +87,68 @@ def wait_until(predicate: Callable[[], bool], proc: subprocess.Popen[str], timeo
         time.sleep(POLL_S)
 
 
-def test_killed_while_sending_then_resubmitted(
-    tmp_path: Path, farm_env: dict[str, str], pg_url: str, broker: Broker, run_farm: RunFarm
-) -> None:
-    total = 4000
-    path = manifest(tmp_path, total)
-    watch = LedgerWatch(pg_url)
-    try:
-        proc = start_batch(path, farm_env)
-        wait_until(lambda: watch.batch_id() is not None and watch.enqueued() > 0, proc)
-        kill(proc)
-        batch_id = watch.batch_id()
-        marked_at_kill = watch.enqueued()
-        assert watch.jobs() == total  # the commit is all or nothing
-        assert 0 < marked_at_kill < total, "the kill came after the last send: not mid-enqueue"
-        time.sleep(0.2)  # let Redis apply what the killed process had already written to its socket
-        messages_at_kill = broker.total()
-        assert marked_at_kill <= messages_at_kill <= marked_at_kill + SEND_CHUNK
+def kill_while_sending(path: Path, env: dict[str, str], watch: LedgerWatch, broker: Broker,
+                       total: int) -> tuple[str, int, int]:
+    """Start ``farm batch`` and SIGKILL it once messages flow: (batch id, sent_through, messages)."""
+    proc = start_batch(path, env)
+    wait_until(lambda: watch.batch_id() is not None and broker.total() > 0, proc)
+    kill(proc)
+    batch_id = str(watch.batch_id())
+    assert watch.jobs() == total  # the commit is all or nothing
+    through = watch.sent_through()
+    time.sleep(0.2)  # let Redis apply what the killed process had already written to its socket
+    messages = broker.total()
+    assert through < total - 1, "the kill came after the last send: not mid-enqueue"
+    assert through + 1 <= messages <= through + 1 + SEND_CHUNK  # confirmed ones all sent, at most a chunk more
+    return batch_id, through, messages
 
-        again = run_farm("batch", str(path), "--json", timeout=300)
-        assert again.returncode == 0, again.stderr
-        assert f'"batch_id": "{batch_id}"' in again.stdout and '"created": false' in again.stdout
-        assert watch.jobs() == total and watch.enqueued() == total
-    finally:
-        watch.close()
+
+def check_sent(pg_url: str, batch_id: str, broker: Broker, through: int, messages_at_kill: int) -> None:
     with Ledger(pg_url) as ledger:
-        ids = [j.id for j in ledger.batch_jobs(str(batch_id))]
+        ids = [j.id for j in ledger.batch_jobs(batch_id)]
+        assert ledger.get_batch(batch_id).sent_through == len(ids) - 1
     sent = Counter(broker.all_job_ids())
     assert set(sent) == set(ids)  # every job sent ...
     twice = [j for j, n in sent.items() if n > 1]
     assert max(sent.values()) <= 2 and len(twice) <= SEND_CHUNK  # ... once, or twice in the kill's chunk
-    assert len(twice) == messages_at_kill - marked_at_kill
+    assert len(twice) == messages_at_kill - (through + 1)
+
+
+def test_killed_while_sending_then_resubmitted(
+    tmp_path: Path, farm_env: dict[str, str], pg_url: str, broker: Broker, run_farm: RunFarm
+) -> None:
+    total = 20_000
+    path = manifest(tmp_path, total)
+    watch = LedgerWatch(pg_url)
+    try:
+        batch_id, through, messages_at_kill = kill_while_sending(path, farm_env, watch, broker, total)
+        again = run_farm("batch", str(path), "--json", timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert f'"batch_id": "{batch_id}"' in again.stdout and '"created": false' in again.stdout
+        assert f'"enqueued": {total - 1 - through}' in again.stdout  # exactly the unconfirmed tail
+        assert watch.jobs() == total and watch.enqueued() == total
+    finally:
+        watch.close()
+    check_sent(pg_url, batch_id, broker, through, messages_at_kill)
+
+
+def test_killed_while_sending_then_reaped(
+    tmp_path: Path, farm_env: dict[str, str], pg_url: str, broker: Broker, run_farm: RunFarm
+) -> None:
+    """Nobody submits again: one ``farm reap`` finds the batch whose sending stalled and sends the
+    rest (a worker's reaper does the same after FARM_LOST_MESSAGE_GRACE_S)."""
+    total = 20_000
+    path = manifest(tmp_path, total)
+    watch = LedgerWatch(pg_url)
+    try:
+        batch_id, through, messages_at_kill = kill_while_sending(path, farm_env, watch, broker, total)
+        reaped = run_farm("reap", "--json", timeout=300)
+        assert reaped.returncode == 0, reaped.stderr
+        report = json.loads(reaped.stdout)
+        assert report["batches"] == [batch_id] and len(report["enqueued"]) == total - 1 - through
+    finally:
+        watch.close()
+    check_sent(pg_url, batch_id, broker, through, messages_at_kill)
 
 
 def test_killed_before_the_commit_leaves_nothing(

@@ -1,0 +1,144 @@
+"""Producer-visible overhead of one job, side by side with a bare Celery round trip.
+
+In one run, on one private Redis and one scratch Postgres database:
+
+* **bare** — a trivial Celery task (``bench/celery_echo.py``) on a solo worker, Redis broker and
+  result backend: the median ``delay(i).get()`` round trip;
+* **farm** — ``farm worker --device cpu`` (the tiny model, warm): the median of submit -> the
+  producer sees ``succeeded`` (``Client.submit_detailed`` + ``Client.wait``), minus the job's own
+  recorded render and encode seconds. That is everything farm adds around the render: the ledger
+  transaction and the publish, the worker's claim, cache check, heartbeats, storing and recording,
+  and the producer being told.
+
+Prints both, their ratio (target: farm <= 3 x bare) and how many status reads ``wait`` made per job.
+
+    python bench/overhead.py [--jobs 30] [--short] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from services import DEFAULT_PG_ADMIN_URL, private_redis, scratch_databases  # noqa: E402
+
+FARM = str(Path(sys.executable).with_name("farm"))
+#: The smallest tiny render: 1 step, 5 frames of 32x32.
+SPEC = {"steps": 1, "num_frames": 5, "width": 32, "height": 32}
+TARGET_RATIO = 3.0
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def bare_round_trips(broker: str, n: int, tmp: Path) -> list[float]:
+    env = {**os.environ, "BENCH_BROKER_URL": f"{broker}/1", "BENCH_RESULT_URL": f"{broker}/2"}
+    log = open(tmp / "celery.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "celery_echo", "worker", "--pool", "solo",
+                               "--concurrency", "1", "-l", "WARNING", "--without-mingle", "--without-gossip"],
+                              cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    os.environ.update(BENCH_BROKER_URL=env["BENCH_BROKER_URL"], BENCH_RESULT_URL=env["BENCH_RESULT_URL"])
+    from celery_echo import echo
+
+    try:
+        echo.delay(-1).get(timeout=60)  # the worker is up and warm
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            assert echo.delay(i).get(timeout=10) == i
+            times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+
+
+def farm_round_trips(broker: str, database_url: str, n: int, tmp: Path) -> tuple[list[float], list[float], list[int]]:
+    from farm.client import Client
+    from farm.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_DATABASE_URL=database_url, FARM_BROKER_URL=f"{broker}/0", FARM_DATA_DIR=str(tmp / "data"),
+               FARM_TORCH_THREADS="1", FARM_PHASE_BATCH="1", FARM_LOG_LEVEL="INFO")
+    log_path = tmp / "farm-worker.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    worker = subprocess.Popen([FARM, "worker", "--device", "cpu", "--hostname", "bench@overhead"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    settings = Settings(database_url=database_url, broker_url=f"{broker}/0", data_dir=tmp / "data")
+    try:
+        wait_for(lambda: " ready." in log_path.read_text(errors="replace"), 120, "the farm worker")
+        with Client(settings=settings) as client:
+            def one(seed: int) -> tuple[float, float, int]:
+                reads = client.status_reads
+                t0 = time.perf_counter()
+                sub = client.submit_detailed("overhead probe, a red fox", seed=seed, no_cache=True, **SPEC)
+                report = client.wait(sub.job_ids[0], timeout_s=60, poll_s=1.0)
+                wall = time.perf_counter() - t0
+                assert report.all_succeeded, report
+                timings = client.get_job(sub.job_ids[0]).timings or {}
+                return wall, wall - timings["render_s"] - timings["encode_s"], client.status_reads - reads
+
+            one(10_000)  # the model loads on the first job
+            walls, overheads, reads = [], [], []
+            for i in range(n):
+                wall, overhead, count = one(i)
+                walls.append(wall)
+                overheads.append(overhead)
+                reads.append(count)
+            return walls, overheads, reads
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=30)
+    ap.add_argument("--short", action="store_true", help="5 jobs (CI: the benchmark must run, not rot)")
+    ap.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
+    ap.add_argument("--json", type=Path, default=None, help="Also write the numbers to this file.")
+    args = ap.parse_args()
+    n = 5 if args.short else args.jobs
+    tmp = Path(tempfile.mkdtemp(prefix="farm-overhead-"))
+    with private_redis(tmp) as broker, scratch_databases(args.pg_admin_url, 1) as (database_url,):
+        bare = bare_round_trips(broker, n, tmp)
+        walls, overheads, reads = farm_round_trips(broker, database_url, n, tmp)
+    bare_ms = statistics.median(bare) * 1000
+    farm_ms = statistics.median(overheads) * 1000
+    ratio = farm_ms / bare_ms
+    result = {"jobs": n, "bare_round_trip_ms": round(bare_ms, 2), "farm_overhead_ms": round(farm_ms, 2),
+              "farm_wall_ms": round(statistics.median(walls) * 1000, 2), "ratio": round(ratio, 2),
+              "status_reads_per_job": statistics.median(reads), "target_ratio": TARGET_RATIO,
+              "meets_target": ratio <= TARGET_RATIO}
+    print(f"one job, {n} runs each (medians), Postgres + private Redis, tiny model on 1 CPU thread")
+    print(f"  bare Celery delay().get() round trip   {bare_ms:8.2f} ms")
+    print(f"  farm submit -> succeeded seen (wall)   {result['farm_wall_ms']:8.2f} ms")
+    print(f"  farm overhead (wall - render - encode) {farm_ms:8.2f} ms")
+    print(f"  ratio farm overhead / bare             {ratio:8.2f}  (target <= {TARGET_RATIO:g}: "
+          f"{'met' if result['meets_target'] else 'NOT met'})")
+    print(f"  status reads per job (wait)            {result['status_reads_per_job']:8}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The ledger gateway's reads: jobs, batches, events, outputs, workers, the enqueue backlog, the
+pace of a group and the done-listener. :class:`farm.ledger.manager.Ledger` inherits them: every
+read of the ledger still goes through that one gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from farm.errors import BatchNotFound, JobNotFound
+from farm.ledger import db, stats
+from farm.ledger import outputs as o
+from farm.ledger import queueing as q
+from farm.ledger.base import LedgerBase
+from farm.ledger.models import batches, events, jobs, models, outputs, workers
+from farm.ledger.notify import DoneListener
+from farm.ledger.records import BatchRecord, EventRecord, JobRecord, OutputRecord, WorkerRecord
+from farm.ledger.status import JobStatus, parse_status
+
+
+class LedgerReads(LedgerBase):
+    """Reading the ledger (see the module docstring)."""
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._read() as conn:
+            return self._job(conn, job_id)
+
+    @staticmethod
+    def _job(conn: Connection, job_id: str) -> JobRecord:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobRecord.from_row(row)
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        """Every job of the batch in ``batch_index`` order. :class:`BatchNotFound` if unknown."""
+        with self._read() as conn:
+            if conn.execute(select(batches.c.id).where(batches.c.id == batch_id)).first() is None:
+                raise BatchNotFound(batch_id)
+            return [JobRecord.from_row(r) for r in conn.execute(q.in_batch_order(batch_id)).mappings()]
+
+    def succeeded_jobs(self, batch_id: str | None = None) -> list[JobRecord]:
+        """Succeeded jobs (cache hits included), of one batch or all, in batch_index / creation order."""
+        query = q.in_batch_order(batch_id, status=JobStatus.SUCCEEDED)
+        with self._read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def list_jobs(
+        self,
+        batch_id: str | None = None,
+        status: JobStatus | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        starred: bool | None = None,
+    ) -> list[JobRecord]:
+        """Jobs, newest first (ties by id), optionally of one batch, one status and/or only the
+        starred (``starred=True``) or only the unstarred (``starred=False``) ones."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        query = select(jobs)
+        if batch_id is not None:
+            query = query.where(jobs.c.batch_id == batch_id)
+        if status is not None:
+            query = query.where(jobs.c.status == parse_status(str(status)).value)
+        if starred is not None:
+            query = query.where(jobs.c.starred == starred)
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
+        with self._read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        with self._read() as conn:
+            row = conn.execute(select(batches).where(batches.c.id == batch_id)).mappings().first()
+        if row is None:
+            raise BatchNotFound(batch_id)
+        return BatchRecord.from_row(row)
+
+    def find_batch_by_digest(self, manifest_digest: str) -> BatchRecord | None:
+        with self._read() as conn:
+            query = select(batches).where(batches.c.manifest_digest == manifest_digest)
+            row = conn.execute(query).mappings().first()
+        return None if row is None else BatchRecord.from_row(row)
+
+    def batch_counts(self, batch_id: str) -> dict[JobStatus, int]:
+        """How many of the batch's jobs are in each status (every status present, zeros too)."""
+        with self._read() as conn:
+            if conn.execute(select(batches.c.id).where(batches.c.id == batch_id)).first() is None:
+                raise BatchNotFound(batch_id)
+            query = (
+                select(jobs.c.status, func.count())
+                .where(jobs.c.batch_id == batch_id)
+                .group_by(jobs.c.status)
+            )
+            found = {JobStatus(s): int(n) for s, n in conn.execute(query)}
+        return {s: found.get(s, 0) for s in JobStatus}
+
+    def listen(self) -> DoneListener:
+        """A :class:`~farm.ledger.notify.DoneListener` on this ledger (start it before reading the
+        statuses you wait on)."""
+        if self.backend != "postgresql":
+            return DoneListener(None)
+        with self._guard():
+            return DoneListener(db.libpq_url(self.url))
+
+    def unfinished(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> set[str]:
+        """The ids of the batch's jobs (or of ``job_ids``) that have not reached a final status."""
+        final = [s.value for s in JobStatus if s.terminal]
+        found: set[str] = set()
+        with self._read() as conn:
+            if batch_id is not None:
+                query = select(jobs.c.id).where(jobs.c.batch_id == batch_id, jobs.c.status.not_in(final))
+                found.update(conn.execute(query).scalars())
+            for part in q.chunks(list(job_ids or [])):
+                query = select(jobs.c.id).where(jobs.c.id.in_(part), jobs.c.status.not_in(final))
+                found.update(conn.execute(query).scalars())
+        return found
+
+    def pace(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> stats.Pace:
+        """Counts, progress and rendering pace of one batch or of the jobs ``job_ids``."""
+        with self._read() as conn:
+            return stats.pace(conn, batch_id=batch_id, job_ids=None if job_ids is None else list(job_ids))
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        """The job's trail, oldest first. Raises :class:`JobNotFound` for an unknown job."""
+        with self._read() as conn:
+            if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+                raise JobNotFound(job_id)
+            query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
+            return [EventRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def find_cache_original(
+        self, job_key: str, weights_fingerprint: str | None = None
+    ) -> tuple[JobRecord, OutputRecord] | None:
+        """The most recently finished succeeded job with this key (and these weights, if given)
+        whose output is in state ``ok``, with that output's record: what a cache hit may answer
+        from (after checking the file)."""
+        query = (
+            select(jobs, *q.output_columns())
+            .join(outputs, outputs.c.uri == jobs.c.output_uri)
+            .where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value, outputs.c.state == "ok")
+        )
+        if weights_fingerprint is not None:
+            query = query.where(jobs.c.weights_fingerprint == weights_fingerprint)
+        query = query.order_by(jobs.c.finished_at.desc(), jobs.c.id).limit(1)
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else (JobRecord.from_row(row), q.output_record(row))
+
+    def output(self, uri: str) -> OutputRecord | None:
+        """The integrity record of a stored output (None: never recorded)."""
+        with self._read() as conn:
+            return o.get(conn, uri)
+
+    def outputs_of(self, uris: Sequence[str]) -> dict[str, OutputRecord]:
+        with self._read() as conn:
+            return o.by_uri(conn, uris)
+
+    def stats_snapshot(self) -> stats.LedgerSnapshot:
+        """Aggregates for monitoring (job counts, oldest queued, workers, recent render times)."""
+        with self._read() as conn:
+            return stats.snapshot(conn, self._now())
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every worker ever seen, by name."""
+        with self._read() as conn:
+            return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]
+
+    def model_fingerprint(self, name: str) -> str | None:
+        with self._read() as conn:
+            query = select(models.c.weights_fingerprint).where(models.c.name == name)
+            return conn.execute(query).scalar_one_or_none()
+
+    def jobs_to_enqueue(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None,
+                        stale_before: datetime | None = None, limit: int | None = None,
+                        lost_before: Mapping[str, datetime] | None = None) -> list[tuple[str, str]]:
+        """``(id, priority)`` of queued non-follower jobs whose ``enqueued_at`` is NULL (or older
+        than ``stale_before``, or, per priority, than ``lost_before[priority]``), optionally of one
+        batch / among ``job_ids``; interactive first, then oldest, then ``batch_index``."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._read() as conn:
+            return q.to_enqueue(conn, batch_id=batch_id, job_ids=job_ids, stale_before=stale_before, limit=limit,
+                                lost_before=lost_before)
+
+    def unconfirmed(self, batch_id: str) -> list[tuple[str, str, int]]:
+        """``(id, priority, batch_index)`` of the batch's queued jobs not confirmed sent."""
+        with self._read() as conn:
+            return q.unconfirmed(conn, batch_id)
+
+    def stalled_batches(self, before: datetime, limit: int = 100) -> list[str]:
+        """Batches created before ``before`` whose messages are not all confirmed sent (their
+        producer died while sending, or the broker went away)."""
+        with self._read() as conn:
+            return q.stalled_batches(conn, before, limit)
