@@ -1,5 +1,7 @@
-"""Bulk submit: ``farm batch`` of an N-job manifest (validate + ledger + enqueue) against a bare
-pipelined publish of N Celery messages on the same Redis, in one run.
+"""Bulk submit.
+
+``farm batch`` of an N-job manifest (validate + ledger + enqueue) against a bare pipelined
+publish of N Celery messages on the same Redis, in one run.
 
 * **bare** — N ``farm.render`` messages sent by Celery itself (``send_task`` in kombu publish
   batches of 500, the farm's own app configuration), once with Celery's ``task-sent`` events (the

@@ -1,5 +1,7 @@
-"""The bare-Celery baseline of ``bench/overhead.py``: one trivial task on a Redis broker with a
-Redis result backend, JSON only — a ``delay().get()`` round trip with nothing of farm in it.
+"""The bare-Celery baseline of ``bench/overhead.py``.
+
+One trivial task on a Redis broker with a Redis result backend, JSON only — a ``delay().get()``
+round trip with nothing of farm in it.
 
 Run as a worker by the benchmark: ``celery -A celery_echo worker --pool solo`` (cwd ``bench/``),
 with ``BENCH_BROKER_URL`` and ``BENCH_RESULT_URL`` set.

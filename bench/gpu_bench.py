@@ -184,8 +184,11 @@ def _fill_random_(module: Any, seed: int) -> None:
 
 
 def _cast_(module: Any, dtype: Any, keep_fp32: bool) -> None:
-    """Cast floating parameters and buffers to ``dtype`` (on the meta device: free), keeping the
-    class's ``_keep_in_fp32_modules`` in float32 like diffusers' from_pretrained does."""
+    """Cast floating parameters and buffers to ``dtype`` (on the meta device: free).
+
+    The class's ``_keep_in_fp32_modules`` stay in float32, as diffusers' from_pretrained keeps
+    them.
+    """
     import torch
 
     keep = (getattr(type(module), "_keep_in_fp32_modules", None) or []) if keep_fp32 else []
@@ -196,8 +199,11 @@ def _cast_(module: Any, dtype: Any, keep_fp32: bool) -> None:
 
 
 def _rebuild_rope_(module: Any, device: Any) -> None:
-    """Non-persistent buffers are lost on the meta device; recompute Wan's rope tables (float32, as
-    from_pretrained leaves them). Any other buffer would be garbage: refuse."""
+    """Non-persistent buffers are lost on the meta device.
+
+    Recompute Wan's rope tables (float32, as from_pretrained leaves them). Any other buffer would
+    be garbage: refuse.
+    """
     import torch
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
@@ -214,8 +220,10 @@ def _rebuild_rope_(module: Any, device: Any) -> None:
 
 
 def materialize(make: Callable[[], Any], device: str, dtype: Any, seed: int, *, keep_fp32: bool) -> Any:
-    """Build a module without initialising it (meta device), allocate it on ``device`` in ``dtype``,
-    fill it with random values."""
+    """Build a module without initialising it (meta device), allocate it on ``device`` in ``dtype``.
+
+    Fill it with random values.
+    """
     import torch
 
     with torch.device("meta"):
@@ -230,8 +238,11 @@ def materialize(make: Callable[[], Any], device: str, dtype: Any, seed: int, *, 
 
 
 def to_host_(module: Any, pin: bool) -> Any:
-    """Move a module's tensors to (pinned, on CUDA) host memory, one tensor at a time, so device
-    memory is freed as it goes: the starting state of a loaded model (``Components`` are on the CPU)."""
+    """Move a module's tensors to (pinned, on CUDA) host memory, one tensor at a time.
+
+    Device memory is freed as it goes; the result is the starting state of a loaded model
+    (``Components`` are on the CPU).
+    """
     import torch
 
     for tensor in [*module.parameters(), *module.buffers()]:
@@ -286,8 +297,10 @@ def build_model(args: argparse.Namespace, device: str) -> Model:
 
 
 def expert_steps(steps: int, flow_shift: float, boundary_ratio: float) -> tuple[int, int]:
-    """(high-noise steps, low-noise steps) with diffusers' UniPC flow-sigma schedule and WanPipeline's
-    switch rule (``t >= boundary_ratio * num_train_timesteps`` runs the high-noise expert)."""
+    """(high-noise steps, low-noise steps) with diffusers' UniPC flow-sigma schedule and WanPipeline's switch rule.
+
+    ``t >= boundary_ratio * num_train_timesteps`` runs the high-noise expert.
+    """
     from diffusers import UniPCMultistepScheduler
 
     sched: Any = UniPCMultistepScheduler(
@@ -365,9 +378,11 @@ def _decode(vae: Any, inputs: Inputs) -> Any:
 
 
 def run_cycle(placement: Any, model: Model, inputs: Inputs, device: str, forwards: int) -> dict[str, float]:
-    """One phase-batched cycle's sequence of ``use`` calls (text encoder, high-noise expert,
-    low-noise expert, VAE) with ``forwards`` timed expert forwards each; text encoding and VAE
-    decoding are timed separately (:func:`measure_components`), here only their moves happen."""
+    """One phase-batched cycle's sequence of ``use`` calls, with ``forwards`` timed expert forwards each.
+
+    The calls: text encoder, high-noise expert, low-noise expert, VAE. Text encoding and VAE
+    decoding are timed separately (:func:`measure_components`), here only their moves happen.
+    """
     out: dict[str, float] = {}
     if "text_encoder" in model.modules:
         placement.use("text_encoder")
@@ -398,8 +413,11 @@ def _peak(device: str) -> int | None:
 
 
 def measure_components(model: Model, inputs: Inputs, device: str) -> dict[str, Any]:
-    """Text encoding (prompt + negative) and VAE decoding, each alone on the device (their time does
-    not depend on the policy); one warm-up call each (the VAE's on a one-latent-frame input)."""
+    """Text encoding (prompt + negative) and VAE decoding, each alone on the device.
+
+    Their time does not depend on the policy. One warm-up call each (the VAE's on a one-latent-frame
+    input).
+    """
     import torch
 
     from farm.engine.placement import Placement

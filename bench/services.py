@@ -1,5 +1,8 @@
-"""Private services for the benchmarks: a ``redis-server`` on a free loopback port and scratch
-Postgres databases (created and dropped by the benchmark; nothing else is touched)."""
+"""Private services for the benchmarks.
+
+A ``redis-server`` on a free loopback port and scratch Postgres databases (created and dropped
+by the benchmark; nothing else is touched).
+"""
 
 from __future__ import annotations
 

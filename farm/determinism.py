@@ -20,7 +20,7 @@ CUBLAS_WORKSPACE = ":16:8"
 
 
 def enable_deterministic_kernels(cuda: bool) -> None:
-    """torch's full-determinism settings (what diffusers' ``enable_full_determinism`` does).
+    """Torch's full-determinism settings (what diffusers' ``enable_full_determinism`` does).
 
     On CPU only the deterministic-algorithms flag matters; on CUDA also cuBLAS's workspace,
     cuDNN deterministic with benchmark off, and TF32 off.
@@ -37,8 +37,9 @@ def enable_deterministic_kernels(cuda: bool) -> None:
 
 
 def seed_everything(seed: int, *, cuda: bool | None = None) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA), set the deterministic flags, and return a
-    fresh CPU ``torch.Generator`` for this job.
+    """Seed Python, NumPy and torch (CPU and CUDA) and set the deterministic flags.
+
+    Return a fresh CPU ``torch.Generator`` for this job.
 
     The generator is on the CPU on purpose: the initial noise is drawn there and moved to the
     device, so the same seed gives the same noise on any machine (portable across GPUs).

@@ -39,17 +39,22 @@ class TransientError(FarmError):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with a job whose attempt raised: retry it (while attempts remain) or fail it,
-    and whether the failure counts against the worker."""
+    """What to do with a job whose attempt raised.
+
+    Retry it (while attempts remain) or fail it, and whether the failure counts against the
+    worker.
+    """
 
     retry: bool
     worker_fault: bool
 
 
 def classify(exc: BaseException) -> Verdict:
-    """The one retry/fail decision: permanent errors fail at once, transient ones retry; anything
-    unexpected (a bug, the environment) retries, capped by the job's attempts, and counts against
-    the worker."""
+    """The one retry/fail decision.
+
+    Permanent errors fail at once, transient ones retry; anything unexpected (a bug, the
+    environment) retries, capped by the job's attempts, and counts against the worker.
+    """
     if isinstance(exc, ExpectedError):
         return Verdict(retry=False, worker_fault=exc.worker_fault)
     if isinstance(exc, FarmError):
@@ -75,6 +80,7 @@ class Problem:
         return f"{where}{self.field}: {self.message} [{self.rule}]"
 
     def as_dict(self) -> dict[str, str]:
+        """The problem as a JSON-ready dict (``location`` only when known)."""
         out = {"field": self.field, "rule": self.rule, "message": self.message}
         if self.location:
             out["location"] = self.location
@@ -92,10 +98,12 @@ class InvalidInput(ExpectedError, ValueError):
 
     @property
     def fields(self) -> list[str]:
+        """The field of each problem, in order."""
         return [p.field for p in self.problems]
 
     @classmethod
     def one(cls, field: str, rule: str, message: str, location: str = "") -> InvalidInput:
+        """The error for a single problem."""
         return cls([Problem(field, rule, message, location)])
 
 
@@ -119,12 +127,16 @@ class LedgerError(FarmError):
 
 
 class JobNotFound(LedgerError, ExpectedError, LookupError):
+    """No job has this id."""
+
     def __init__(self, job_id: str):
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
 
 
 class BatchNotFound(LedgerError, ExpectedError, LookupError):
+    """No batch has this id."""
+
     def __init__(self, batch_id: str):
         self.batch_id = batch_id
         super().__init__(f"no batch with id {batch_id!r}")
@@ -204,5 +216,7 @@ class OutputMissing(ExpectedError):
 
 
 class OutputRefused(ExpectedError):
-    """The store refuses an output location (it resolves outside the output root): permanent, and
-    that output's problem, not the worker's."""
+    """The store refuses an output location (it resolves outside the output root).
+
+    Permanent, and that output's problem, not the worker's.
+    """

@@ -1,5 +1,7 @@
-"""The closed sets farm's settings, spec, CLI and ledger share, as string enums (their values are
-what is stored, sent and typed on a command line). Dependency-free: every layer may import it.
+"""The closed sets farm's settings, spec, CLI and ledger share, as string enums.
+
+Their values are what is stored, sent and typed on a command line. Dependency-free: every layer
+may import it.
 
 :class:`farm.ledger.status.JobStatus` (the job state machine) and
 :class:`farm.worker.runner.OutcomeKind` live with the code that owns them.

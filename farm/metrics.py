@@ -98,9 +98,11 @@ class LedgerStats:
         self._ledger = Ledger(url, clock=clock)
 
     def close(self) -> None:
+        """Close the ledger connection."""
         self._ledger.close()
 
     def snapshot(self) -> LedgerSnapshot:
+        """Read the ledger's monitoring snapshot now."""
         return self._ledger.stats_snapshot()
 
 
@@ -109,13 +111,17 @@ class LedgerStats:
 
 @dataclass
 class BrokerSnapshot:
+    """What one scrape read from the broker: the queues' depths and the unacked messages."""
+
     depths: dict[str, int]
     unacked: int
 
 
 def redis_snapshot(url: str, queues: Sequence[str] = QUEUES) -> BrokerSnapshot:
-    """Lengths of the queues' Redis lists (base list and kombu's priority sub-lists) and of the
-    unacked hash. Raises the redis client's errors when the broker is unreachable."""
+    """Lengths of the queues' Redis lists (base list and kombu's priority sub-lists) and of the unacked hash.
+
+    Raises the redis client's errors when the broker is unreachable.
+    """
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
@@ -158,9 +164,11 @@ class FarmCollector(Collector):
         self._cached: tuple[float, list[Metric]] | None = None
 
     def close(self) -> None:
+        """Close the ledger connection."""
         self._stats.close()
 
     def collect(self) -> Iterator[Metric]:
+        """The farm's metrics, computed now or reused from the last scrape within ``cache_s``."""
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self._cache_s:
                 return iter(self._cached[1])
@@ -212,6 +220,7 @@ class FarmCollector(Collector):
 
 
 def job_metrics(snap: LedgerSnapshot) -> Iterator[Metric]:
+    """The job gauges and counters: jobs per status and priority, finished jobs, the oldest queued."""
     gauge = GaugeMetricFamily("farm_jobs", "Jobs in the ledger per status and priority.",
                               labels=["status", "priority"])
     finished = CounterMetricFamily("farm_jobs_finished", "Jobs that ended, per final status and priority.",
@@ -234,6 +243,7 @@ def job_metrics(snap: LedgerSnapshot) -> Iterator[Metric]:
 
 
 def worker_metrics(snap: LedgerSnapshot, *, stale_s: float = WORKER_STALE_S) -> Iterator[Metric]:
+    """The worker gauges: each worker's state, seconds since seen, failures in a row; counts per state."""
     by_state = dict.fromkeys(WORKER_STATES, 0)
     stale = 0
     state = GaugeMetricFamily("farm_worker_state", "1 for each worker (seen in the last day) in its state.",
@@ -262,6 +272,7 @@ def worker_metrics(snap: LedgerSnapshot, *, stale_s: float = WORKER_STALE_S) -> 
 
 
 def render_metrics(snap: LedgerSnapshot) -> Iterator[Metric]:
+    """The render time quantiles and counts of recently finished jobs, per model."""
     seconds = GaugeMetricFamily("farm_recent_render_seconds",
                                 f"Render seconds of jobs finished in the last {RECENT_WINDOW_S} s (quantiles).",
                                 labels=["model", "quantile"])

@@ -67,6 +67,7 @@ class ModelProfile:
 
     @property
     def two_expert(self) -> bool:
+        """True for a two-expert model (high-noise and low-noise transformers)."""
         return self.kind == "two-expert"
 
 

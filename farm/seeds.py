@@ -32,10 +32,12 @@ MAX_SWEEP_RADIUS = 10_000
 
 
 def is_valid_seed(seed: object) -> bool:
+    """True for an int (not a bool) in [0, 2^63-1]."""
     return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
 
 
 def check_seed(seed: object, field: str = "seed") -> int:
+    """``seed`` if it is valid, else :class:`InvalidInput` on ``field``."""
     if not is_valid_seed(seed):
         raise InvalidInput.one(field, "seed_range", f"must be an integer in [0, 2^63-1], got {seed!r}")
     return seed  # type: ignore[return-value]
@@ -57,8 +59,11 @@ def seed_from_prompt(prompt: str, salt: str = "") -> int:
 
 
 def seeds_from_prompt(prompt: str, count: int, salt: str = "") -> list[int]:
-    """``count`` distinct derived seeds: the first is :func:`seed_from_prompt`, the others use
-    the salts ``salt#1``, ``salt#2``, ..."""
+    """``count`` distinct derived seeds.
+
+    The first is :func:`seed_from_prompt`, the others use the salts ``salt#1``, ``salt#2``,
+    ...
+    """
     if count < 1:
         raise InvalidInput.one("count", "min_1", "must be at least 1")
     out = [seed_from_prompt(prompt, salt)]
@@ -96,6 +101,7 @@ class SeedPool:
         self.seeds = tuple(self.seeds)
 
     def take(self) -> int:
+        """The next seed, round-robin."""
         seed = self.seeds[self._next % len(self.seeds)]
         self._next += 1
         return seed

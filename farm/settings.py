@@ -136,14 +136,18 @@ class Settings(BaseSettings):
 
     @property
     def ledger_url(self) -> str:
+        """FARM_DATABASE_URL, else the embedded SQLite ledger in the data dir."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / EMBEDDED_LEDGER_FILENAME}"
 
     @property
     def broker(self) -> str:
-        """The Celery broker: FARM_BROKER_URL, else a local filesystem broker in the data dir
-        (embedded mode: no services)."""
+        """The Celery broker.
+
+        FARM_BROKER_URL, else a local filesystem broker in the data dir (embedded mode: no
+        services).
+        """
         return self.broker_url or "filesystem://"
 
     @property
@@ -153,10 +157,12 @@ class Settings(BaseSettings):
 
     @property
     def outputs_path(self) -> Path:
+        """FARM_OUTPUT_DIR, else ``outputs`` in the data dir."""
         return self.output_dir if self.output_dir is not None else self.data_dir / "outputs"
 
     @property
     def models_path(self) -> Path:
+        """FARM_MODEL_DIR, else ``models`` in the data dir."""
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
 
@@ -194,6 +200,8 @@ def process_environment() -> dict[str, str]:
 
 
 def set_process_environment(key: str, value: str) -> None:
-    """Set a process environment variable that must be in place before a library initialises
-    (``CUDA_VISIBLE_DEVICES`` before torch, ``CUBLAS_WORKSPACE_CONFIG`` before CUDA)."""
+    """Set a process environment variable that must be in place before a library initialises.
+
+    ``CUDA_VISIBLE_DEVICES`` before torch, ``CUBLAS_WORKSPACE_CONFIG`` before CUDA.
+    """
     os.environ[key] = value

@@ -273,6 +273,7 @@ class RenderSpec(BaseModel):
     # -- derived --------------------------------------------------------------------------------
     @property
     def profile(self) -> ModelProfile:
+        """The profile of the spec's model."""
         return PROFILES[self.model]
 
     def canonical(self) -> dict[str, Any]:
@@ -311,6 +312,7 @@ class RenderSpec(BaseModel):
 
     @property
     def job_key(self) -> str:
+        """The job key of the spec (see :func:`job_key_from_canonical`)."""
         return job_key_from_canonical(self.canonical())
 
     def with_seed(self, seed: int, strategy: SeedStrategy) -> RenderSpec:
@@ -321,14 +323,19 @@ class RenderSpec(BaseModel):
 
 
 def compatibility_key(canon: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """What K jobs must share to be rendered together: ``((field, value), ...)`` over
-    :data:`COMPAT_FIELDS`. Jobs with equal keys can be phase-batched."""
+    """What K jobs must share to be rendered together.
+
+    ``((field, value), ...)`` over :data:`COMPAT_FIELDS`. Jobs with equal keys can be
+    phase-batched.
+    """
     return tuple((name, canon.get(name)) for name in COMPAT_FIELDS)
 
 
 def compat_digest(canon: Mapping[str, Any]) -> str:
-    """:func:`compatibility_key` as a short hex digest (stored with each job, indexed: workers
-    find compatible queued jobs with it)."""
+    """:func:`compatibility_key` as a short hex digest.
+
+    Stored with each job, indexed: workers find compatible queued jobs with it.
+    """
     payload = canonical_json(dict(compatibility_key(canon)))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
@@ -344,6 +351,7 @@ def job_key_from_canonical(canon: Mapping[str, Any]) -> str:
 
 
 def job_key_of(render_params: Mapping[str, Any]) -> str:
+    """sha256 hex of the spec version and the canonical JSON of ``render_params``."""
     payload = SPEC_VERSION + "\n" + canonical_json(render_params)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

@@ -40,6 +40,7 @@ def _run(connection: Connection) -> None:
 
 
 def run_migrations_offline() -> None:
+    """Emit the migrations' SQL for ``sqlalchemy.url`` without connecting (``alembic --sql``)."""
     context.configure(
         url=config.get_main_option("sqlalchemy.url"),
         target_metadata=metadata,
@@ -51,6 +52,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on the handed-over connection, else on a new engine for ``sqlalchemy.url``."""
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)

@@ -1,6 +1,8 @@
-"""Helpers of the HTTP API tests, integration and acceptance (imported as ``api_helpers``): queue
-views of the private redis-server (``private_redis``), decoding the Celery messages waiting in it, and
-counting ledger rows with plain SQL."""
+"""Helpers of the HTTP API tests, integration and acceptance (imported as ``api_helpers``).
+
+Queue views of the private redis-server (``private_redis``), decoding the Celery messages waiting in
+it, and counting ledger rows with plain SQL.
+"""
 
 from __future__ import annotations
 

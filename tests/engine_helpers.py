@@ -29,9 +29,11 @@ class ForwardCounter:
 
 @contextmanager
 def count_forwards(components: Components) -> Iterator[ForwardCounter]:
-    """Forward pre-hooks on every module of every component: ``top[name]`` counts calls of the
-    component itself (an expert's forwards), ``any[name]`` calls of any of its submodules (the
-    VAE decodes through submodules)."""
+    """Forward pre-hooks on every module of every component.
+
+    ``top[name]`` counts calls of the component itself (an expert's forwards), ``any[name]``
+    calls of any of its submodules (the VAE decodes through submodules).
+    """
     counter = ForwardCounter()
     handles = []
     for name, module in components.modules().items():

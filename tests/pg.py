@@ -70,8 +70,10 @@ class PgAdmin:
         return name
 
     def adopt(self, name: str) -> None:
-        """Take charge of a database a test created by other means (a command it ran): this
-        admin drops it like its own. Only farm_t* names."""
+        """Take charge of a database a test created by other means (a command it ran): this admin drops it like its own.
+
+        Only farm_t* names.
+        """
         if not name.startswith("farm_t"):
             raise ValueError(f"test databases are named farm_t*, not {name!r}")
         self._created.append(name)

@@ -1,7 +1,9 @@
-"""A ``redis-server`` of a test's own, on a free loopback port, without persistence (imported as
-``private_redis`` by the API and producer tests and by ``tests/conftest.py``; the farm fault tests use
-their restartable AOF variant in ``tests/acceptance/farm/farm_harness.py``). Nothing else's Redis is
-touched: no FLUSHALL anywhere."""
+"""A ``redis-server`` of a test's own, on a free loopback port, without persistence.
+
+Imported as ``private_redis`` by the API and producer tests and by ``tests/conftest.py``; the farm
+fault tests use their restartable AOF variant in ``tests/acceptance/farm/farm_harness.py``. Nothing
+else's Redis is touched: no FLUSHALL anywhere.
+"""
 
 from __future__ import annotations
 

@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
     """The farm's HTTP API for ``settings`` (default: the process settings).
 
     Raises :class:`farm.api.auth.ApiConfigError` when it must not start: no ``FARM_API_TOKEN`` (or
-    one too short), unless ``insecure_local`` and ``settings.api_host`` is a loopback address."""
+    one too short), unless ``insecure_local`` and ``settings.api_host`` is a loopback address.
+    """
     settings = settings or get_settings()
     token = startup_token(settings, host=settings.api_host, insecure_local=insecure_local)
 

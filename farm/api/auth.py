@@ -43,7 +43,8 @@ def startup_token(settings: Settings, *, host: str, insecure_local: bool) -> str
     """The token the API will require, or None for an open API on loopback.
 
     Raises :class:`ApiConfigError` when there is no usable token and the open mode is not allowed.
-    The message names the variable and the rule, never the value."""
+    The message names the variable and the rule, never the value.
+    """
     secret = settings.api_token.get_secret_value() if settings.api_token is not None else ""
     if secret:
         if len(secret) < MIN_TOKEN_CHARS:
@@ -91,9 +92,11 @@ def _unauthorized_body(message: str) -> bytes:
 
 
 class BearerAuthMiddleware:
-    """ASGI middleware: 401 for any HTTP request without the right bearer token (except
-    :data:`PUBLIC_PATHS`); websockets without it are closed. ``token=None`` lets everything pass
-    (the ``--insecure-local`` mode)."""
+    """ASGI middleware: 401 for any HTTP request without the right bearer token.
+
+    Except :data:`PUBLIC_PATHS`; websockets without it are closed. ``token=None`` lets
+    everything pass (the ``--insecure-local`` mode).
+    """
 
     def __init__(self, app: ASGIApp, *, token: str | None):
         self.app = app
@@ -112,6 +115,7 @@ class BearerAuthMiddleware:
         return token_matches(presented or "", self._token) and presented is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an authorized request on to the app; answer any other with a 401 (a websocket: close it)."""
         if scope["type"] not in ("http", "websocket") or self._authorized(scope):
             await self.app(scope, receive, send)
             return

@@ -84,8 +84,11 @@ def yaml_manifest(body: bytes) -> Manifest:
 
 
 def manifest_from_body(body: bytes, content_type: str | None) -> Manifest:
-    """The manifest of a ``POST /v1/batches`` body; :class:`ManifestError` on any problem (an
-    unsupported media type raises :class:`UnsupportedMediaType`, on field ``Content-Type``)."""
+    """The manifest of a ``POST /v1/batches`` body.
+
+    :class:`ManifestError` on any problem (an unsupported media type raises
+    :class:`UnsupportedMediaType`, on field ``Content-Type``).
+    """
     kind = media_type(content_type)
     if kind in JSON_TYPES:
         return json_manifest(body)

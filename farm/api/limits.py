@@ -21,12 +21,15 @@ MANIFEST_PATHS: frozenset[str] = frozenset({"/v1/batches"})
 
 
 def limit_for(path: str) -> int:
+    """The body size limit of ``path``: the manifest limit for a batch upload, else the request limit."""
     return MAX_MANIFEST_BYTES if path in MANIFEST_PATHS else MAX_REQUEST_BYTES
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a streamed body passes the limit (an HTTPException, so FastAPI's
-    body parsing passes it through to the app's error handler: 413)."""
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    An HTTPException, so FastAPI's body parsing passes it through to the app's error handler: 413.
+    """
 
     def __init__(self, limit: int):
         super().__init__(status_code=413, detail=f"the request body is over {limit} bytes")
@@ -44,6 +47,7 @@ class BodyLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an HTTP request on with its body counted against its path's limit (413 past it)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -101,6 +101,7 @@ def _urls(job_id: str, status: str) -> dict[str, str | None]:
 
 
 def job_view(job: JobRecord) -> dict[str, Any]:
+    """A job as the API shows it: its fields less the hidden ones, with its output URLs."""
     view = {k: v for k, v in job.to_dict().items() if k not in HIDDEN_JOB_FIELDS}
     view.update(_urls(job.id, job.status.value))
     return view
@@ -110,10 +111,12 @@ def job_view(job: JobRecord) -> dict[str, Any]:
 
 
 def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process serves requests (no token needed)."""
     return {"status": "ok"}
 
 
 def metrics(request: Request) -> Response:
+    """The farm's Prometheus metrics, in the text exposition format."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -122,8 +125,11 @@ def metrics(request: Request) -> Response:
 
 def submit_job(body: RenderRequest, request: Request, response: Response, client: ClientDep,
                idempotency_key: IdempotencyKey = None) -> JobsCreated:
-    """Submit one render (a ``sweep`` submits one per seed). 201 with the new job ids; with an
-    ``Idempotency-Key`` seen before, 200 with the first request's ids and nothing created or sent."""
+    """Submit one render (a ``sweep`` submits one per seed).
+
+    201 with the new job ids; with an ``Idempotency-Key`` seen before, 200 with the first
+    request's ids and nothing created or sent.
+    """
     default_model = client.settings.default_model
     # every rule, before anything is written (the client checks them again), all problems at once
     problems = _key_problems(idempotency_key)
@@ -140,9 +146,11 @@ def submit_job(body: RenderRequest, request: Request, response: Response, client
 
 
 def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Problem]) -> list[Problem]:
-    """What else a ``POST /v1/jobs`` request breaks when its body failed FastAPI's shape check
-    (which stops before :func:`submit_job` runs): the spec rules of the well-formed fields and
-    the ``Idempotency-Key`` header, so that one 422 lists every problem."""
+    """What else a ``POST /v1/jobs`` request breaks when its body failed FastAPI's shape check.
+
+    (That check stops before :func:`submit_job` runs.) The spec rules of the well-formed
+    fields and the ``Idempotency-Key`` header, so that one 422 lists every problem.
+    """
     default_model = request.app.state.settings.default_model
     return [*rule_problems(body, shape_problems, default_model),
             *_key_problems(request.headers.get(IDEMPOTENCY_HEADER))]
@@ -195,9 +203,12 @@ _MANIFEST_BODY = {
 async def submit_batch(request: Request, response: Response, client: ClientDep,
                        no_cache: Annotated[bool, Query(description="Render every job, even identical ones.")] = False,
                        idempotency_key: IdempotencyKey = None) -> BatchCreated:
-    """Submit a manifest. Every item is checked first: any problem is a 422 naming the item and the
-    field, and nothing is written or sent. A batch is named by its manifest's digest: the same
-    manifest again (with or without the same ``Idempotency-Key``) gives 200 and the same batch id."""
+    """Submit a manifest.
+
+    Every item is checked first: any problem is a 422 naming the item and the field, and nothing is
+    written or sent. A batch is named by its manifest's digest: the same manifest again (with or
+    without the same ``Idempotency-Key``) gives 200 and the same batch id.
+    """
     _key(idempotency_key)
     manifest = bodies.manifest_from_body(await request.body(), request.headers.get("content-type"))
     done = await run_in_threadpool(client.submit_batch, manifest, no_cache=no_cache)

@@ -54,7 +54,8 @@ class RenderRequest(BaseModel):
     """One render request: a prompt, at most one seed selection, and any spec fields.
 
     Seed selection (at most one): ``seed`` (explicit), ``seed_from_prompt`` (+ optional ``salt``),
-    ``sweep``; none of them draws a random seed (recorded with the job)."""
+    ``sweep``; none of them draws a random seed (recorded with the job).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,9 +88,12 @@ class RenderRequest(BaseModel):
         return {k: v for k, v in given.items() if v is not None and not (k == "tags" and not v)}
 
     def client_kwargs(self, default_model: str) -> dict[str, Any]:
-        """Keyword arguments of :meth:`farm.client.Client.submit_detailed` (which checks every rule
-        through :func:`farm.client.specs.build_specs` before anything is written). A request
-        without a model gets ``default_model`` (FARM_DEFAULT_MODEL), as on the CLI."""
+        """Keyword arguments of :meth:`farm.client.Client.submit_detailed`.
+
+        It checks every rule through :func:`farm.client.specs.build_specs` before anything is
+        written. A request without a model gets ``default_model`` (FARM_DEFAULT_MODEL), as on the
+        CLI.
+        """
         return {
             "seed": self.seed,
             "seed_from_prompt": self.seed_from_prompt,
@@ -102,8 +106,10 @@ class RenderRequest(BaseModel):
         }
 
     def specs(self, default_model: str) -> list[RenderSpec]:
-        """The checked render specs of this request (one per seed; :class:`InvalidInput` naming
-        each broken rule). A random seed is drawn here only to check the rest of the spec."""
+        """The checked render specs of this request (one per seed; :class:`InvalidInput` naming each broken rule).
+
+        A random seed is drawn here only to check the rest of the spec.
+        """
         from farm.client.specs import build_specs
 
         return build_specs(
@@ -115,8 +121,11 @@ class RenderRequest(BaseModel):
 
 
 class JobsCreated(BaseModel):
-    """Answer to ``POST /v1/jobs``: 201 when the jobs were created, 200 when an
-    ``Idempotency-Key`` named jobs created earlier (the same ids, nothing created or sent again)."""
+    """Answer to ``POST /v1/jobs``.
+
+    201 when the jobs were created, 200 when an ``Idempotency-Key`` named jobs created earlier
+    (the same ids, nothing created or sent again).
+    """
 
     job_ids: list[str]
     created: bool
@@ -135,6 +144,8 @@ class BatchCreated(BaseModel):
 
 
 class BatchView(BaseModel):
+    """A batch and how many of its jobs are in each status."""
+
     id: str
     name: str
     source_name: str
@@ -146,6 +157,8 @@ class BatchView(BaseModel):
 
 
 class BatchResults(BaseModel):
+    """The results of a batch: one row per job."""
+
     batch_id: str
     results: list[dict[str, Any]] = Field(
         description="One row per job in manifest order: job_id, batch_index, status, prompt, seed, params, "
@@ -154,6 +167,8 @@ class BatchResults(BaseModel):
 
 
 class ProblemItem(BaseModel):
+    """One broken rule: the field, the rule, a message and, when known, where (e.g. a manifest item)."""
+
     field: str
     rule: str
     message: str
@@ -161,6 +176,8 @@ class ProblemItem(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """The body of every error answer: the error's name and the broken rules."""
+
     error: str
     problems: list[ProblemItem] = Field(default_factory=list)
 
@@ -185,8 +202,11 @@ def _field_name(loc: Sequence[Any]) -> str:
 
 
 def problems_from_errors(errors: Iterable[Mapping[str, Any]]) -> list[Problem]:
-    """Problems (field, rule, message) from pydantic/FastAPI validation errors, with the rule names
-    :mod:`farm.spec` uses (``unknown_field``, ``required``, ``type``, ``one_of``, ``json``)."""
+    """Problems (field, rule, message) from pydantic/FastAPI validation errors.
+
+    With the rule names :mod:`farm.spec` uses (``unknown_field``, ``required``, ``type``,
+    ``one_of``, ``json``).
+    """
     problems: list[Problem] = []
     seen: set[tuple[str, str]] = set()
     for err in errors:
@@ -213,13 +233,16 @@ def problems_from_errors(errors: Iterable[Mapping[str, Any]]) -> list[Problem]:
 
 
 def rule_problems(body: Any, shape_problems: Sequence[Problem], default_model: str) -> list[Problem]:
-    """The render spec rules broken by the fields of a ``POST /v1/jobs`` body that passed the
-    shape check, when others did not (``shape_problems``: unknown fields, wrong JSON types,
-    missing ones). FastAPI stops at the shape check; this lets one 422 list every problem.
+    """The render spec rules broken by the well-shaped fields of a ``POST /v1/jobs`` body.
+
+    For a body whose other fields failed the shape check (``shape_problems``: unknown fields,
+    wrong JSON types, missing ones). FastAPI stops at the shape check; this lets one 422 list
+    every problem.
 
     Fields with a shape problem are left out (a missing or malformed prompt is replaced by a
     placeholder); nothing is checked when the model itself is malformed (every rule depends on
-    its profile) or when the body is not a JSON object."""
+    its profile) or when the body is not a JSON object.
+    """
     if not isinstance(body, dict):
         return []
     bad = {p.field.split(".", 1)[0] for p in shape_problems}

@@ -47,5 +47,6 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     # Commands report what matters to people themselves (stdout, stderr, exit codes): farm's log
     # lines stay quiet unless a command configures logging (the worker, the API and Flower do).
+    """The ``farm`` console script."""
     logging.getLogger("farm").addHandler(logging.NullHandler())
     cli(prog_name="farm")

@@ -24,6 +24,7 @@ _AUTH_EPILOG = (
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm api`` to ``group``."""
     @group.command("api", short_help="Serve farm's HTTP API (needs FARM_API_TOKEN).", epilog=_AUTH_EPILOG)
     @option("--host", envvar="FARM_API_HOST", default=None,
             help="Address to bind (default: FARM_API_HOST, else 127.0.0.1).")

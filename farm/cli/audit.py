@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 
 def rerender_exit(r: RerenderReport, waited: bool) -> int:
+    """The exit code of ``farm rerender``: 0 unless it waited and the frames differ (1) or time ran out (124)."""
     if not waited:
         return EXIT_OK
     if r.timed_out:
@@ -85,6 +86,7 @@ def _print_audit(report: AuditReport) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm rerender`` and ``farm audit`` to ``group``."""
     @group.command("rerender")
     @click.argument("job_id", metavar="JOB")
     @option("--wait", "wait_flag", is_flag=True, default=False, help="Wait for the re-render and compare.")
@@ -123,8 +125,10 @@ def register(group: click.Group) -> None:
     @handle_errors()
     def audit(batch_id: str | None, repair: bool, timeout_s: float | None, poll_s: float, database_url: str | None,
               broker_url: str | None, as_json: bool) -> None:
-        """Re-hash every succeeded job's stored file against its record (the verdicts go to the
-        ledger). Exit 1 if any is missing or corrupt. --repair fixes them."""
+        """Re-hash every succeeded job's stored file against its record (the verdicts go to the ledger).
+
+        Exit 1 if any is missing or corrupt. --repair fixes them.
+        """
         with open_client(database_url, broker_url) as client:
             if not repair:
                 report = client.audit(batch_id)

@@ -18,6 +18,7 @@ from farm.cli.options import client_options, open_client
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm batch`` to ``group``."""
     @group.command("batch")
     @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
     @option("--no-cache", is_flag=True, default=False,

@@ -30,10 +30,12 @@ def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
 
 
 def json_option() -> Callable[[F], F]:
+    """The ``--json`` flag (``as_json``)."""
     return option("--json", "as_json", is_flag=True, default=False, help="Print machine-readable JSON.")
 
 
 def database_option() -> Callable[[F], F]:
+    """The ``--database-url`` option (FARM_DATABASE_URL)."""
     return option(
         "--database-url",
         envvar="FARM_DATABASE_URL",
@@ -43,6 +45,7 @@ def database_option() -> Callable[[F], F]:
 
 
 def broker_option() -> Callable[[F], F]:
+    """The ``--broker-url`` option (FARM_BROKER_URL)."""
     return option(
         "--broker-url", envvar="FARM_BROKER_URL", default=None,
         help="Celery broker URL (redis://...; default: the embedded filesystem broker in FARM_DATA_DIR).",
@@ -61,8 +64,11 @@ def not_sent_exit(not_sent: int, error: str | None) -> None:
 
 
 def settings_with(**overrides: Any) -> Settings:
-    """The process settings with the non-None CLI overrides applied; a bad value (from the
-    environment or an option) is an :class:`~farm.errors.InvalidInput` naming the setting."""
+    """The process settings with the non-None CLI overrides applied.
+
+    A bad value (from the environment or an option) is an
+    :class:`~farm.errors.InvalidInput` naming the setting.
+    """
     changes = {k: v for k, v in overrides.items() if v is not None}
     try:
         base = get_settings()
@@ -74,6 +80,7 @@ def settings_with(**overrides: Any) -> Settings:
 
 
 def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON with sorted keys (``str`` for what JSON cannot hold)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 

@@ -90,4 +90,5 @@ def check_command(database_url: str | None, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add the ``farm db`` group to ``group``."""
     group.add_command(db_group)

@@ -50,8 +50,11 @@ def basic_auth_credentials(settings: Settings) -> str:
 
 
 def run_flower(celery_app: Any, *, port: int, address: str, credentials: str) -> None:
-    """Serve Flower for ``celery_app`` until SIGTERM/SIGINT (configured in-process: no
-    ``flowerconfig.py`` from the working directory, no environment, no argv)."""
+    """Serve Flower for ``celery_app`` until SIGTERM/SIGINT.
+
+    Configured in-process: no ``flowerconfig.py`` from the working directory, no
+    environment, no argv.
+    """
     from flower.app import Flower
     from flower.options import options
     from flower.urls import settings as flower_settings
@@ -77,6 +80,7 @@ def run_flower(celery_app: Any, *, port: int, address: str, credentials: str) ->
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm flower`` to ``group``."""
     @group.command("flower")
     @option("--port", envvar="FARM_FLOWER_PORT", type=click.IntRange(1, 65535), default=None,
             help="Port to listen on (default: FARM_FLOWER_PORT, else 5555).")

@@ -139,4 +139,5 @@ def show_command(job_id: str, database_url: str | None, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add the ``farm jobs`` group to ``group``."""
     group.add_command(jobs_group)

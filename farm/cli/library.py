@@ -1,5 +1,4 @@
-"""Working with jobs already submitted: ``farm cancel ID``, ``farm star JOB [--unstar]``,
-``farm sweep JOB --radius R``.
+"""Working with jobs already submitted: ``farm cancel ID``, ``farm star JOB [--unstar]``, ``farm sweep JOB --radius R``.
 
 * ``cancel`` takes a job or a batch: queued and running jobs are cancelled (a worker sees it at
   its next heartbeat); finished ones are listed and left alone. Exit 0.
@@ -19,6 +18,7 @@ from farm.cli.submit import submission_summary
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm cancel``, ``farm star`` and ``farm sweep`` to ``group``."""
     @group.command("cancel")
     @click.argument("any_id", metavar="ID")
     @client_options
@@ -63,8 +63,11 @@ def register(group: click.Group) -> None:
     @handle_errors()
     def sweep(job_id: str, radius: int, priority: str | None, no_cache: bool, database_url: str | None,
               broker_url: str | None, as_json: bool) -> None:
-        """Queue the seed neighbours of a succeeded job as one batch; prints the new job ids (the
-        batch id is on stderr and in --json: `farm wait BATCH` follows them all)."""
+        """Queue the seed neighbours of a succeeded job as one batch.
+
+        Prints the new job ids (the batch id is on stderr and in --json: `farm wait BATCH`
+        follows them all).
+        """
         with open_client(database_url, broker_url) as client:
             sub = client.sweep_detailed(job_id, radius, priority=priority, no_cache=no_cache)
             error = client.last_send_error

@@ -1,6 +1,8 @@
-"""The options several commands share, each defined once: the render spec options (``farm
-render``, ``farm submit``), the seed options, the model and priority choices, and the ledger /
-broker options with :func:`open_client`."""
+"""The options several commands share, each defined once.
+
+The render spec options (``farm render``, ``farm submit``), the seed options, the model and
+priority choices, and the ledger / broker options with :func:`open_client`.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def open_client(database_url: str | None, broker_url: str | None) -> Client:
 
 
 def priority_option(default: str | None, help_text: str) -> Callable[[F], F]:
+    """The ``--priority`` option with this default and help text."""
     return option("--priority", type=click.Choice(values(Priority)), default=default, help=help_text)
 
 
@@ -54,8 +57,10 @@ def seed_options(fn: F) -> F:
 
 
 def spec_options(fn: F) -> F:
-    """The render spec options (their names map through :data:`farm.client.specs.SPEC_OPTIONS`),
-    plus ``--allow-degrade`` and ``--tag``."""
+    """The render spec options, plus ``--allow-degrade`` and ``--tag``.
+
+    Their names map through :data:`farm.client.specs.SPEC_OPTIONS`.
+    """
     return _apply(fn, [
         option("--negative-prompt", default=None, help="Negative prompt (default: the model's)."),
         option("--width", type=int, default=None, help="Width in pixels (multiple of 16)."),

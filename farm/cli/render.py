@@ -38,6 +38,7 @@ __all__ = ["copy_out", "register", "summary_of"]
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm render`` to ``group``."""
     @group.command("render")
     @click.argument("prompt")
     @seed_options

@@ -1,6 +1,9 @@
-"""``farm results ID --format json|csv``: one row per job of a batch (manifest order), or of one
-job: prompt, seed, seed strategy, parameters, output path, file and frames sha256, timings,
-status, the job that answered it from the cache."""
+"""``farm results ID --format json|csv``.
+
+One row per job of a batch (manifest order), or of one job: prompt, seed, seed strategy,
+parameters, output path, file and frames sha256, timings, status, the job that answered it from
+the cache.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def csv_cell(value: Any) -> Any:
 
 
 def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
+    """Write ``rows`` to ``out`` as CSV, one column per results field."""
     from farm.client.reports import RESULT_FIELDS
 
     writer = csv.DictWriter(out, fieldnames=list(RESULT_FIELDS), lineterminator="\n")
@@ -35,6 +39,7 @@ def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm results`` to ``group``."""
     @group.command("results")
     @click.argument("batch_id", metavar="ID")
     @option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", help="Output format.")

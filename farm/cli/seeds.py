@@ -24,6 +24,7 @@ def _show(payload: dict[str, Any], as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add the ``farm seeds`` group to ``group``."""
     @group.group("seeds")
     def seeds() -> None:
         """Preview seeds: derived from a prompt, sweeps, pools, random draws."""

@@ -28,6 +28,7 @@ ORDER = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def format_eta(seconds: float | None) -> str:
+    """``ETA 1h02m03s`` / ``ETA 2m03s`` / ``ETA 3s``, or ``ETA -`` when there is no estimate."""
     if seconds is None:
         return "ETA -"
     s = round(seconds)
@@ -37,6 +38,7 @@ def format_eta(seconds: float | None) -> str:
 
 
 def status_line(r: StatusReport, *, eta: bool = True) -> str:
+    """One line: kind and id, a progress bar, done/total, the counts per status, then the ETA (or ``done``)."""
     counts = "  ".join(f"{name} {r.counts.get(name, 0)}" for name in ORDER)
     width = 20
     filled = round(r.progress * width)
@@ -48,6 +50,7 @@ def status_line(r: StatusReport, *, eta: bool = True) -> str:
 
 
 def exit_code(r: StatusReport) -> int:
+    """The exit code of ``farm wait``: 0 all succeeded, 1 any failed or cancelled, 124 timed out."""
     if r.timed_out:
         return EXIT_TIMEOUT
     return EXIT_OK if r.all_succeeded else EXIT_FAILED
@@ -61,6 +64,7 @@ class LineDrawer:
         self.last = ""
 
     def __call__(self, r: StatusReport) -> None:
+        """Show the report ``r``: redraw the line on a terminal, else print it when the counts change."""
         if self.tty:
             self.last = status_line(r)
             click.echo("\r\x1b[2K" + self.last, nl=False, err=True)
@@ -71,11 +75,13 @@ class LineDrawer:
             self.last = key
 
     def close(self) -> None:
+        """End the redrawn line with a newline (on a terminal)."""
         if self.tty and self.last:
             click.echo("", err=True)
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm status`` and ``farm wait`` to ``group``."""
     @group.command("status")
     @click.argument("ids", metavar="ID...", nargs=-1, required=True)
     @client_options
@@ -100,8 +106,10 @@ def register(group: click.Group) -> None:
     @handle_errors()
     def wait(ids: tuple[str, ...], timeout_s: float | None, poll_s: float, database_url: str | None,
              broker_url: str | None, as_json: bool) -> None:
-        """Wait until every job of the IDs (jobs and/or batches) finished. Exit 0 when all
-        succeeded, 1 when any failed or was cancelled, 124 on timeout."""
+        """Wait until every job of the IDs (jobs and/or batches) finished.
+
+        Exit 0 when all succeeded, 1 when any failed or was cancelled, 124 on timeout.
+        """
         drawer = None if as_json else LineDrawer()
         with open_client(database_url, broker_url) as client:
             try:

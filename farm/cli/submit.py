@@ -34,6 +34,7 @@ def parse_sweep(text: str | None) -> tuple[int, int] | None:
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm submit`` to ``group``."""
     @group.command("submit")
     @click.argument("prompt")
     @seed_options

@@ -68,6 +68,7 @@ def _json_payload(batch: ExpandedBatch, show_jobs: bool) -> dict[str, Any]:
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm validate`` to ``group``."""
     @group.command("validate")
     @click.argument("manifest", type=click.Path(dir_okay=False, path_type=str))
     @option(

@@ -25,6 +25,7 @@ from farm.worker.main import DEFAULT_STOP_TIMEOUT_S
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm worker`` and ``farm reap`` to ``group``."""
     @group.command("worker")
     @option("--device", default=None, envvar="FARM_DEVICE",
             help="One device for this worker process: cpu or cuda:N (default: FARM_DEVICE, else cpu).")
@@ -44,20 +45,9 @@ def register(group: click.Group) -> None:
                stop_timeout: float, database_url: str | None, broker_url: str | None) -> None:
         """Run a render worker: take jobs from the queues and render them on one device."""
         ctx = click.get_current_context()
-        on_command_line = click.core.ParameterSource.COMMANDLINE
-        device_given = ctx.get_parameter_source("device") is on_command_line
-        if devices is not None and device_given:
-            if ctx.get_parameter_source("devices") is on_command_line:
-                raise click.UsageError("give --device or --devices, not both")
-            devices = None  # a supervised child: FARM_WORKER_DEVICES is its parent's
-        if devices is not None and hostname is not None:
-            raise click.UsageError("--hostname names one worker: it cannot be used with --devices")
-        extra = ["--queues", queues, "--stop-timeout", str(stop_timeout)]
-        if loglevel:
-            extra += ["--loglevel", loglevel]
-        for name, value in (("database_url", database_url), ("broker_url", broker_url)):
-            if value and ctx.get_parameter_source(name) is on_command_line:
-                extra += ["--" + name.replace("_", "-"), value]  # (from the environment, children inherit it)
+        devices = _supervised_devices(ctx, devices, hostname)
+        extra = _child_arguments(ctx, queues=queues, stop_timeout=stop_timeout, loglevel=loglevel,
+                                 database_url=database_url, broker_url=broker_url)
         if devices is not None:
             sys.exit(supervise(devices, extra))
         from farm.worker.main import run_worker
@@ -72,8 +62,11 @@ def register(group: click.Group) -> None:
     @json_option()
     @handle_errors()
     def reap_command(database_url: str | None, broker_url: str | None, as_json: bool) -> None:
-        """One reaper pass: expired leases back to queued (or failed at the attempt cap), and a
-        message sent for every queued job whose message was never sent or was lost."""
+        """One reaper pass.
+
+        Expired leases back to queued (or failed at the attempt cap), and a message sent for
+        every queued job whose message was never sent or was lost.
+        """
         from farm.worker.main import reap_now
 
         report = reap_now(settings_with(database_url=database_url, broker_url=broker_url))
@@ -86,6 +79,37 @@ def register(group: click.Group) -> None:
                 click.echo(f"error: {report.error}", err=True)
         if report.error:
             sys.exit(1)
+
+
+def _supervised_devices(ctx: click.Context, devices: str | None, hostname: str | None) -> str | None:
+    """The ``--devices`` a ``farm worker`` supervises, or None for one worker process.
+
+    A ``--device`` on the command line makes this process a supervised child: its ``--devices``
+    (FARM_WORKER_DEVICES, its parent's) is dropped; both on the command line is a usage error, and
+    so is ``--hostname`` with ``--devices``.
+    """
+    on_command_line = click.core.ParameterSource.COMMANDLINE
+    device_given = ctx.get_parameter_source("device") is on_command_line
+    if devices is not None and device_given:
+        if ctx.get_parameter_source("devices") is on_command_line:
+            raise click.UsageError("give --device or --devices, not both")
+        devices = None  # a supervised child: FARM_WORKER_DEVICES is its parent's
+    if devices is not None and hostname is not None:
+        raise click.UsageError("--hostname names one worker: it cannot be used with --devices")
+    return devices
+
+
+def _child_arguments(ctx: click.Context, *, queues: str, stop_timeout: float, loglevel: str | None,
+                     database_url: str | None, broker_url: str | None) -> list[str]:
+    """The options a supervisor passes on to each child ``farm worker`` (after its ``--device``)."""
+    on_command_line = click.core.ParameterSource.COMMANDLINE
+    extra = ["--queues", queues, "--stop-timeout", str(stop_timeout)]
+    if loglevel:
+        extra += ["--loglevel", loglevel]
+    for name, value in (("database_url", database_url), ("broker_url", broker_url)):
+        if value and ctx.get_parameter_source(name) is on_command_line:
+            extra += ["--" + name.replace("_", "-"), value]  # (from the environment, children inherit it)
+    return extra
 
 
 def supervise(devices: str, extra: list[str]) -> int:

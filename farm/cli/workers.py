@@ -40,4 +40,5 @@ def workers_command(database_url: str | None, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
+    """Add ``farm workers`` to ``group``."""
     group.add_command(workers_command)

@@ -1,5 +1,7 @@
-"""Storage audit and repair: each succeeded job's output re-hashed against its record, the verdicts
-written to the ledger, and bad outputs quarantined and rendered again.
+"""Storage audit and repair.
+
+Each succeeded job's output re-hashed against its record, the verdicts written to the ledger, and
+bad outputs quarantined and rendered again.
 
 * :func:`audit_outputs` — every distinct output URI of the given jobs is checked once (cache hits
   share their original's file) by :meth:`farm.store.OutputStore.check` against the ledger's
@@ -74,10 +76,11 @@ def repair_item(
     uri: str, state: str, jobs: list[JobRecord], parent: JobRecord, child: JobRecord | None, *,
     quarantined: str | None, restored: OutputCheck | None,
 ) -> RepairItem:
-    """The verdict on one bad output after its re-render ``child`` of ``parent`` (None: not
-    finished). MATCH: same frames and the file is back and intact; MISMATCH: the frames differ
-    (with what differs between the two renders); FAILED: the re-render failed or the file is
-    still bad."""
+    """The verdict on one bad output after its re-render ``child`` of ``parent`` (None: not finished).
+
+    MATCH: same frames and the file is back and intact; MISMATCH: the frames differ (with what
+    differs between the two renders); FAILED: the re-render failed or the file is still bad.
+    """
     def item(verdict: str, reason: str, diffs: list[str] | None = None, rewritten: bool = False) -> RepairItem:
         return RepairItem(uri, state, [j.id for j in jobs], parent.id, quarantined,
                           None if child is None else child.id, verdict, reason, diffs or [], rewritten)

@@ -83,6 +83,7 @@ def idempotency_digest(key: str) -> str:
 
 
 def check_idempotency_key(key: object) -> str:
+    """``key`` if it is 1 to MAX_IDEMPOTENCY_KEY_CHARS printable characters, else :class:`InvalidInput`."""
     if not isinstance(key, str):
         raise InvalidInput.one("idempotency_key", "type", f"must be text, got {type(key).__name__}")
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
@@ -94,6 +95,7 @@ def check_idempotency_key(key: object) -> str:
 
 
 def check_wait_args(timeout_s: object, poll_s: object) -> None:
+    """Check :meth:`Client.wait`'s ``timeout_s`` (None or >= 0) and ``poll_s`` (> 0)."""
     if timeout_s is not None and (
         isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 <= timeout_s < float("inf")
     ):
@@ -103,6 +105,7 @@ def check_wait_args(timeout_s: object, poll_s: object) -> None:
 
 
 def check_flag(value: object, field: str) -> bool:
+    """``value`` if it is a bool, else :class:`InvalidInput` on ``field``."""
     if not isinstance(value, bool):
         raise InvalidInput.one(field, "type", f"must be true or false, got {value!r}")
     return value
@@ -154,20 +157,25 @@ class Client(ReadOps):
 
     # -- writing ---------------------------------------------------------------------------------
     def _admit(self, new_jobs: Sequence[NewJob]) -> tuple[Admission, int, int]:
-        """Add jobs in ONE ledger transaction (recorded as sent) and send their messages right
-        after the commit: ``(admission, sent, not_sent)``. The cache answers only from outputs the
-        store vouches for (a quick look at the file). Jobs whose message could not be sent get
-        their mark cleared (the reaper sends them)."""
+        """Add jobs in ONE ledger transaction (recorded as sent) and send their messages right after the commit.
+
+        Returns ``(admission, sent, not_sent)``. The cache answers only from outputs the store
+        vouches for (a quick look at the file). Jobs whose message could not be sent get their
+        mark cleared (the reaper sends them).
+        """
         admitted = self.ledger.admit(new_jobs, output_ok=self.store.vouches, mark_sent=True)
         return (admitted, *self._send(admitted.to_send, marked=True))
 
     def _admit_batch(self, digest: str, name: str, source: str,
                      new_jobs: Sequence[NewJob]) -> tuple[Admission, int, int]:
-        """:meth:`_admit` for a batch: one transaction, then the messages in ``batch_index``
-        order, the batch's ``sent_through`` confirmed after each chunk (one row, not one per job).
-        A producer killed while sending leaves the rest unconfirmed: submitting the same manifest
-        again sends them (and the reaper does, after ``FARM_LOST_MESSAGE_GRACE_S``). A batch that
-        existed sends its unconfirmed jobs."""
+        """:meth:`_admit` for a batch.
+
+        One transaction, then the messages in ``batch_index`` order, the batch's ``sent_through``
+        confirmed after each chunk (one row, not one per job). A producer killed while sending
+        leaves the rest unconfirmed: submitting the same manifest again sends them (and the reaper
+        does, after ``FARM_LOST_MESSAGE_GRACE_S``). A batch that existed sends its unconfirmed
+        jobs.
+        """
         admitted = self.ledger.admit_batch(digest, name, source, new_jobs, output_ok=self.store.vouches,
                                            mark_sent=True)
         assert admitted.batch_id is not None
@@ -185,8 +193,10 @@ class Client(ReadOps):
 
     def _submission(self, admitted: Admission, sent: int, not_sent: int, specs: Sequence[RenderSpec],
                     batch_id: str | None) -> JobSubmission:
-        """What a submission did, from its admission (no read-back; a repeated idempotent request
-        reads its first request's jobs)."""
+        """What a submission did, from its admission.
+
+        No read-back; a repeated idempotent request reads its first request's jobs.
+        """
         first_id = admitted.job_ids[0]
         seeds: list[int]
         strategy: str
@@ -202,6 +212,7 @@ class Client(ReadOps):
                              status, cache_of)
 
     def close(self) -> None:
+        """Close the ledger if this client opened it."""
         if self._owns_ledger:
             self.ledger.close()
 
@@ -221,10 +232,13 @@ class Client(ReadOps):
 
     def _send(self, pairs: Sequence[tuple[str, str]], *, marked: bool = False,
               unmark: bool = True) -> tuple[int, int]:
-        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``. ``marked``: the
-        jobs were recorded as sent when they were added (else each chunk is marked once sent).
-        When the broker stays unreachable (``FARM_SEND_TIMEOUT_S``) the rest stay queued with
-        ``enqueued_at`` NULL: the reaper (or the next submission of the same batch) sends them."""
+        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``.
+
+        ``marked``: the jobs were recorded as sent when they were added (else each chunk is
+        marked once sent). When the broker stays unreachable (``FARM_SEND_TIMEOUT_S``) the rest
+        stay queued with ``enqueued_at`` NULL: the reaper (or the next submission of the same
+        batch) sends them.
+        """
         if not pairs:
             return 0, 0
         from farm.queue.enqueue import enqueue_jobs
@@ -270,7 +284,9 @@ class Client(ReadOps):
         **spec_fields: Any,
     ) -> list[str]:
         """Submit one render (a ``sweep=(base, radius)`` submits one per seed); the job ids.
-        See :meth:`submit_detailed`."""
+
+        See :meth:`submit_detailed`.
+        """
         return self.submit_detailed(
             prompt, seed=seed, seed_from_prompt=seed_from_prompt, salt=salt, sweep=sweep, model=model,
             priority=priority, no_cache=no_cache, idempotency_key=idempotency_key, **spec_fields,
@@ -320,10 +336,11 @@ class Client(ReadOps):
     def submit_batch(
         self, manifest: str | os.PathLike[str] | Manifest | ExpandedBatch, *, no_cache: bool = False
     ) -> BatchSubmission:
-        """Submit a manifest (a path, a loaded :class:`~farm.manifest.Manifest` or an expanded
-        batch): every item is validated first (any problem raises
-        :class:`~farm.errors.ManifestError`; nothing is written or sent), all jobs are written
-        in one transaction (``batch_index`` = position in the expansion), then sent.
+        """Submit a manifest (a path, a loaded :class:`~farm.manifest.Manifest` or an expanded batch).
+
+        Every item is validated first (any problem raises :class:`~farm.errors.ManifestError`;
+        nothing is written or sent), all jobs are written in one transaction (``batch_index``
+        = position in the expansion), then sent.
 
         The batch is identified by the manifest digest: submitting the same manifest again
         returns the same batch id, writes nothing and sends only the jobs never sent (the
@@ -361,8 +378,10 @@ class Client(ReadOps):
         return datetime.now(UTC)
 
     def _kind(self, any_id: object) -> str:
-        """``"batch"`` or ``"job"``; :class:`JobNotFound` when it is neither. (Remembered: an
-        id's kind never changes.)"""
+        """``"batch"`` or ``"job"``; :class:`JobNotFound` when it is neither.
+
+        (Remembered: an id's kind never changes.)
+        """
         checked = check_id(any_id)
         kind = self._kinds.get(checked)
         if kind is None:
@@ -376,9 +395,11 @@ class Client(ReadOps):
         return kind
 
     def status(self, any_id: str | Sequence[str]) -> StatusReport:
-        """Counts per status, progress and ETA of a job, a batch, or several of them together
-        (``kind`` "group": their jobs counted once each). Every id is checked first
-        (:class:`~farm.errors.JobNotFound` names an unknown one)."""
+        """Counts per status, progress and ETA of a job, a batch, or several of them together.
+
+        For several (``kind`` "group"), their jobs are counted once each. Every id is checked
+        first (:class:`~farm.errors.JobNotFound` names an unknown one).
+        """
         if isinstance(any_id, str):
             return self._status_one(check_id(any_id))
         ids = list(dict.fromkeys(check_id(i) for i in any_id))
@@ -406,14 +427,16 @@ class Client(ReadOps):
         poll_s: float = DEFAULT_POLL_S,
         on_progress: Callable[[StatusReport], None] | None = None,
     ) -> StatusReport:
-        """Wait until every job of one id or several finished, or ``timeout_s`` passed (then the
-        report has ``timed_out=True``). ``on_progress`` sees every report.
+        """Wait until every job of one id or several finished, or ``timeout_s`` passed.
+
+        Then the report has ``timed_out=True``. ``on_progress`` sees every report.
 
         On Postgres the ledger tells: the wait returns as soon as the last job's final status is
         committed (``LISTEN``/``NOTIFY``, see :mod:`farm.ledger.notify`), and reads the status in
         between only to refresh ``on_progress`` (without one, only every ``poll_s`` as a safety
         net). On SQLite it polls. Status reads back off from :data:`FIRST_POLL_S` to ``poll_s``
-        apart."""
+        apart.
+        """
         check_wait_args(timeout_s, poll_s)
         deadline = None if timeout_s is None else self._monotonic() + timeout_s
         first = min(FIRST_POLL_S, poll_s)
@@ -462,9 +485,11 @@ class Client(ReadOps):
         return self.ledger.batch_jobs(checked) if kind == "batch" else [self.ledger.get_job(checked)]
 
     def results(self, batch_id: str) -> list[dict[str, Any]]:
-        """One row per job of the batch (in manifest order; a job id gives its one row): prompt,
-        seed, seed_strategy, params, output path, file and frames sha256, timings, status,
-        cache_of, ..."""
+        """One row per job of the batch, in manifest order (a job id gives its one row).
+
+        Each row: prompt, seed, seed_strategy, params, output path, file and frames sha256,
+        timings, status, cache_of, ...
+        """
         checked = check_id(batch_id, "batch_id")
         rows = []
         for job in self._jobs_of(checked, self._kind(checked)):
@@ -474,8 +499,11 @@ class Client(ReadOps):
 
     # -- changing --------------------------------------------------------------------------------
     def cancel(self, any_id: str) -> CancelReport:
-        """Cancel a job, or every queued and running job of a batch (running ones first; a worker
-        sees it at its next heartbeat). Finished jobs are left alone and listed."""
+        """Cancel a job, or every queued and running job of a batch.
+
+        Running ones first; a worker sees it at its next heartbeat. Finished jobs are left alone
+        and listed.
+        """
         checked = check_id(any_id)
         kind = self._kind(checked)
         jobs = self._jobs_of(checked, kind)
@@ -509,11 +537,13 @@ class Client(ReadOps):
 
     def sweep_detailed(self, job_id: str, radius: int, *, priority: str | None = None,
                        no_cache: bool = False) -> JobSubmission:
-        """Jobs for the neighbours of a succeeded job's seed (``seed - radius .. seed + radius``
-        without the seed itself, invalid seeds skipped), the same spec otherwise, strategy
-        ``sweep``, ``parent_job_id`` = the job, in one new batch (its id follows them all). Any
-        succeeded job may be swept (starring is a bookmark, not a gate); a job that has not
-        succeeded is refused."""
+        """Jobs for the neighbours of a succeeded job's seed, in one new batch.
+
+        The seeds ``seed - radius .. seed + radius`` without the seed itself (invalid seeds
+        skipped), the same spec otherwise, strategy ``sweep``, ``parent_job_id`` = the job; the
+        batch's id follows them all. Any succeeded job may be swept (starring is a bookmark, not
+        a gate); a job that has not succeeded is refused.
+        """
         from farm.seeds import sweep as sweep_seeds
         from farm.spec import parse_spec
 
@@ -541,9 +571,11 @@ class Client(ReadOps):
     def rerender(
         self, job_id: str, wait: bool = False, timeout_s: float | None = None, poll_s: float = DEFAULT_POLL_S
     ) -> RerenderReport:
-        """Render a succeeded job again from its recorded canonical spec (``no_cache``, parent
-        recorded). With ``wait``, report whether the frames hash matched and, on a mismatch, what
-        differs between the two renders' environments, weights and effective parameters."""
+        """Render a succeeded job again from its recorded canonical spec (``no_cache``, parent recorded).
+
+        With ``wait``, report whether the frames hash matched and, on a mismatch, what differs
+        between the two renders' environments, weights and effective parameters.
+        """
         check_flag(wait, "wait")
         check_wait_args(timeout_s, poll_s)
         parent = self._succeeded(job_id, "only a succeeded job can be re-rendered and compared")
@@ -568,9 +600,11 @@ class Client(ReadOps):
         return reports.rerender_report(self.ledger.get_job(child.parent_job_id), child)
 
     def audit(self, batch_id: str | None = None) -> AuditReport:
-        """Re-hash every succeeded job's stored file (of one batch, or all) against the ledger's
-        record, and write the verdicts to the ledger: a missing or corrupt output is never
-        answered from by the cache (until a render writes it again)."""
+        """Re-hash every succeeded job's stored file against the ledger's record; write the verdicts to the ledger.
+
+        Of one batch, or all. A missing or corrupt output is never answered from by the cache
+        (until a render writes it again).
+        """
         return self._audit(batch_id)[0]
 
     def _audit(self, batch_id: str | None) -> tuple[AuditReport, list[JobRecord]]:
@@ -592,10 +626,12 @@ class Client(ReadOps):
         self, batch_id: str | None = None, *, timeout_s: float | None = None, poll_s: float = DEFAULT_POLL_S,
         on_progress: Callable[[StatusReport], None] | None = None,
     ) -> RepairReport:
-        """Audit (of one batch, or all), then for each missing or corrupt output: move its
-        directory to the store's quarantine, render the job that made it again (never from the
-        cache), wait, and check that the same frames came back and the stored file is intact
-        again. Ends with a second audit of the same scope."""
+        """Audit (of one batch, or all), then repair each missing or corrupt output.
+
+        For each: move its directory to the store's quarantine, render the job that made it
+        again (never from the cache), wait, and check that the same frames came back and the
+        stored file is intact again. Ends with a second audit of the same scope.
+        """
         check_wait_args(timeout_s, poll_s)
         before, jobs = self._audit(batch_id)
         bad = {e.job_id: "corrupt" for e in before.corrupt} | {e.job_id: "missing" for e in before.missing}

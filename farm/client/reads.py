@@ -1,6 +1,8 @@
-"""The client's read operations: jobs, batches, events, workers and output files, as the ledger
-and the output store have them. :class:`farm.client.Client` inherits them; the HTTP API and the
-CLI read through them and never touch the ledger themselves.
+"""The client's read operations.
+
+Jobs, batches, events, workers and output files, as the ledger and the output store have them.
+:class:`farm.client.Client` inherits them; the HTTP API and the CLI read through them and never
+touch the ledger themselves.
 
 Torch-free.
 """
@@ -55,6 +57,7 @@ class BatchView:
 
     @property
     def done(self) -> bool:
+        """True when every job of the batch is in a terminal status."""
         return sum(n for s, n in self.counts.items() if JobStatus(s).terminal) >= self.batch.job_count
 
 
@@ -69,9 +72,11 @@ class ReadOps:
         return self.ledger.get_job(check_id(job_id, "job_id"))
 
     def get_batch(self, batch_id: str) -> BatchRecord:
+        """The batch ``batch_id``; :class:`~farm.errors.BatchNotFound` when there is none."""
         return self.ledger.get_batch(check_id(batch_id, "batch_id"))
 
     def batch_view(self, batch_id: str) -> BatchView:
+        """The batch ``batch_id`` with its job counts per status."""
         batch = self.get_batch(batch_id)
         return BatchView(batch, {s.value: n for s, n in self.ledger.batch_counts(batch.id).items()})
 
@@ -101,9 +106,11 @@ class ReadOps:
         return self.ledger.list_workers()
 
     def download(self, job_id: str, kind: str) -> Download:
-        """A succeeded job's video or poster, located by the output store (never a path from the
-        caller): :class:`~farm.errors.OutputNotReady` before it succeeded,
-        :class:`~farm.errors.OutputMissing` when its file is gone."""
+        """A succeeded job's video or poster, located by the output store (never a path from the caller).
+
+        :class:`~farm.errors.OutputNotReady` before it succeeded,
+        :class:`~farm.errors.OutputMissing` when its file is gone.
+        """
         if kind not in DOWNLOADS:
             raise InvalidInput.one("kind", "known_kind", f"must be one of {', '.join(DOWNLOADS)}, got {kind!r}")
         job = self.get_job(job_id)

@@ -1,5 +1,7 @@
-"""What the client's operations return: plain dataclasses with ``to_dict()`` (JSON-ready), and
-the pure functions that build them from ledger records (no I/O here).
+"""What the client's operations return.
+
+Plain dataclasses with ``to_dict()`` (JSON-ready), and the pure functions that build them from
+ledger records (no I/O here).
 
 Torch-free, SQLAlchemy-free.
 """
@@ -48,6 +50,7 @@ class JobSubmission:
     cache_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The submission as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -66,6 +69,7 @@ class BatchSubmission:
     digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The submission as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -86,17 +90,21 @@ class StatusReport:
 
     @property
     def done(self) -> int:
+        """Jobs in a terminal status (succeeded, failed or cancelled)."""
         return sum(self.counts.get(s, 0) for s in TERMINAL_STATUSES)
 
     @property
     def finished(self) -> bool:
+        """True when every job is in a terminal status."""
         return self.done >= self.total
 
     @property
     def all_succeeded(self) -> bool:
+        """True when every job succeeded."""
         return self.counts.get("succeeded", 0) == self.total
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, with ``done``, ``finished`` and ``all_succeeded``."""
         out = asdict(self)
         out.update(done=self.done, finished=self.finished, all_succeeded=self.all_succeeded)
         return out
@@ -117,7 +125,8 @@ def pace_eta(total: int, work_done: float, pace: Pace, now: datetime) -> float |
     The clock starts when the first of its jobs was claimed (time spent queued behind other work
     is not pace), and counts only rendered jobs (cache hits finish instantly and say nothing of
     the pace). ``None`` until :data:`MIN_RENDERED_FOR_ETA` jobs, and one per worker rendering the
-    group, have been rendered to the end."""
+    group, have been rendered to the end.
+    """
     if work_done >= total:
         return 0.0
     needed = min(max(MIN_RENDERED_FOR_ETA, pace.workers), total)
@@ -169,8 +178,10 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def result_row(job: JobRecord, output: str | None) -> dict[str, Any]:
-    """One job as a results row (every key of :data:`RESULT_FIELDS`); ``output`` is the path the
-    output store gives its video."""
+    """One job as a results row (every key of :data:`RESULT_FIELDS`).
+
+    ``output`` is the path the output store gives its video.
+    """
     return {
         "job_id": job.id,
         "batch_id": job.batch_id,
@@ -216,6 +227,7 @@ class CancelReport:
     unchanged: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -253,9 +265,11 @@ class RerenderReport:
 
     @property
     def finished(self) -> bool:
+        """True when the re-render is in a terminal status."""
         return self.status in TERMINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, with ``finished``."""
         out = asdict(self)
         out["finished"] = self.finished
         return out
@@ -286,6 +300,7 @@ def differences(parent: JobRecord, child: JobRecord) -> list[Difference]:
 
 
 def rerender_report(parent: JobRecord, child: JobRecord, *, timed_out: bool = False) -> RerenderReport:
+    """The report on ``child``, a re-render of ``parent``: the frames hashes, whether they match, what differs."""
     status = _status(child.status)
     match = None
     if status == "succeeded" and parent.frames_sha256 is not None:
@@ -302,6 +317,8 @@ def rerender_report(parent: JobRecord, child: JobRecord, *, timed_out: bool = Fa
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One missing or corrupt output: its job, its path, the expected and the actual hash."""
+
     job_id: str
     path: str | None
     expected: str | None
@@ -320,9 +337,11 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
+        """True when no output is missing or corrupt."""
         return not self.missing and not self.corrupt
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, with ``clean``."""
         out = asdict(self)
         out["clean"] = self.clean
         return out
@@ -357,6 +376,7 @@ class RepairItem:
     file_rewritten: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The item as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -375,6 +395,7 @@ class RepairReport:
         return all(i.verdict == MATCH for i in self.items) and (self.after is None or self.after.clean)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, with ``ok``."""
         return {"before": self.before.to_dict(), "items": [i.to_dict() for i in self.items],
                 "after": None if self.after is None else self.after.to_dict(), "timed_out": self.timed_out,
                 "ok": self.ok}

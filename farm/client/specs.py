@@ -75,8 +75,11 @@ def choose_seeds(
     salt: str = "",
     sweep_of: object = None,
 ) -> tuple[list[int], SeedStrategy]:
-    """The seeds of a request and the strategy to record. Checks that at most one source is
-    given and that ``salt`` only comes with ``seed_from_prompt``."""
+    """The seeds of a request and the strategy to record.
+
+    Checks that at most one source is given and that ``salt`` only comes with
+    ``seed_from_prompt``.
+    """
     given = [name for name, on in (("seed", seed is not None), ("seed_from_prompt", seed_from_prompt_flag),
                                    ("sweep", sweep_of is not None)) if on]
     if len(given) > 1:
@@ -109,11 +112,14 @@ def build_specs(
     priority: str = "interactive",
     fields: Mapping[str, Any] | None = None,
 ) -> list[RenderSpec]:
-    """Checked specs for one request: one per seed (a sweep gives several). ``fields`` are other
-    render spec fields (``width``, ``steps``, ``tags``, ...); ``None`` values are left unset.
+    """Checked specs for one request: one per seed (a sweep gives several).
+
+    ``fields`` are other render spec fields (``width``, ``steps``, ``tags``, ...); ``None``
+    values are left unset.
 
     Every problem is reported at once (one :class:`InvalidInput`): a reserved or unknown field
-    does not hide the rules the other fields break."""
+    does not hide the rules the other fields break.
+    """
     extra = dict(fields or {})
     reserved = [k for k in RESERVED_FIELDS if k in extra]
     unknown = [k for k in extra if k not in RenderSpec.model_fields and k not in reserved]
@@ -153,8 +159,10 @@ def build_spec(
     prompt: str, *, seed: int | None, seed_from_prompt_flag: bool, salt: str, model: str | None,
     priority: str, allow_degrade: bool, tags: tuple[str, ...], values: dict[str, Any],
 ) -> RenderSpec:
-    """The checked spec of one render from the CLI's options (``values`` keyed by
-    :data:`SPEC_OPTIONS` names): the seed resolved and its strategy recorded."""
+    """The checked spec of one render from the CLI's options (``values`` keyed by :data:`SPEC_OPTIONS` names).
+
+    The seed resolved and its strategy recorded.
+    """
     fields: dict[str, Any] = {SPEC_OPTIONS[k]: v for k, v in values.items() if v is not None}
     fields.update(allow_degrade=allow_degrade, tags=parse_tags(tags))
     return build_specs(

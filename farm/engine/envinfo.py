@@ -1,6 +1,8 @@
-"""The environment fingerprint recorded with every job: library versions, the ffmpeg build, the
-accelerator, the determinism flags, and ``env_digest``, a short hash of the fields that can change
-the frames (two renders with equal job keys and equal ``env_digest`` must give equal frames).
+"""The environment fingerprint recorded with every job.
+
+Library versions, the ffmpeg build, the accelerator, the determinism flags, and ``env_digest``, a
+short hash of the fields that can change the frames (two renders with equal job keys and equal
+``env_digest`` must give equal frames).
 
 Safe to call anywhere:
 
@@ -40,6 +42,7 @@ ENV_DIGEST_CHARS = 16
 
 
 def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -1,5 +1,7 @@
-"""Memory hygiene for renders: no autograd, caches cleared after each job, out-of-memory errors
-turned into :class:`farm.errors.OutOfMemory`, and the degraded re-render parameters.
+"""Memory hygiene for renders.
+
+No autograd, caches cleared after each job, out-of-memory errors turned into
+:class:`farm.errors.OutOfMemory`, and the degraded re-render parameters.
 
 * :func:`oom_guard` wraps a render stage: a ``torch.OutOfMemoryError`` (CUDA) or the CPU
   allocator's ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory") raised inside becomes
@@ -40,17 +42,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def settle_heap() -> None:
-    """After a model is loaded: collect once, then move every object alive now (the libraries,
-    the model's modules) out of the collector's view (``gc.freeze``). The collection after each
-    job then walks only what that job created — a full walk of the loaded libraries took ~0.2 s
-    per job on the CPU for the tiny model. Frozen objects stay alive as they would anyway."""
+    """After a model is loaded: collect once, then ``gc.freeze``.
+
+    Every object alive now (the libraries, the model's modules) moves out of the collector's
+    view. The collection after each job then walks only what that job created — a full walk of
+    the loaded libraries took ~0.2 s per job on the CPU for the tiny model. Frozen objects stay
+    alive as they would anyway.
+    """
     gc.collect()
     gc.freeze()
 
 
 def unsettle_heap() -> None:
-    """Before a model is dropped: give frozen objects back to the collector (``gc.unfreeze``), so
-    the old model's cycles are collected."""
+    """Before a model is dropped: give frozen objects back to the collector (``gc.unfreeze``).
+
+    The old model's cycles are then collected.
+    """
     gc.unfreeze()
 
 
@@ -86,9 +93,11 @@ def oom_guard(stage: str, device: str | torch.device) -> Iterator[None]:
 
 
 def release_frames(exc: BaseException) -> None:
-    """Drop the local variables of the finished frames in ``exc``'s traceback (and in its chained
-    exceptions), then the traceback itself: an out-of-memory error must not keep the tensors
-    that filled the memory alive while the caches are cleared and the job is retried."""
+    """Drop the local variables of the finished frames in ``exc``'s traceback, then the traceback itself.
+
+    The same for its chained exceptions: an out-of-memory error must not keep the tensors that
+    filled the memory alive while the caches are cleared and the job is retried.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -114,9 +123,10 @@ def _floor_multiple(value: int, multiple: int, minimum: int) -> int:
 
 
 def degrade(canon: Mapping[str, Any], profile: ModelProfile | None = None) -> dict[str, Any]:
-    """A copy of ``canon`` at about half the size and frame count, for jobs with
-    ``allow_degrade``: width and height halved and rounded down to the model's size multiple (not
-    below the spec's minimum side), frames halved to the nearest lower ``4k+1`` (at least 1).
+    """A copy of ``canon`` at about half the size and frame count, for jobs with ``allow_degrade``.
+
+    Width and height halved and rounded down to the model's size multiple (not below the spec's
+    minimum side), frames halved to the nearest lower ``4k+1`` (at least 1).
 
     Returns an equal dict when the job is already at the minimum; callers compare to stop.
     """

@@ -87,6 +87,7 @@ class TransferLog:
     entries: list[Transfer] = field(default_factory=list)
 
     def append(self, entry: Transfer) -> None:
+        """Record one transfer."""
         self.entries.append(entry)
 
     def __len__(self) -> int:
@@ -114,6 +115,7 @@ class TransferLog:
         }
 
     def as_dicts(self) -> list[dict[str, Any]]:
+        """Every transfer as a dict, in order."""
         return [asdict(e) for e in self.entries]
 
 
@@ -173,9 +175,11 @@ class Placement:
 
     @property
     def modules(self) -> Mapping[str, torch.nn.Module]:
+        """The attached modules by name (a copy)."""
         return dict(self._modules)
 
     def experts_resident(self) -> int:
+        """How many experts are resident now."""
         return sum(1 for m in self._resident if m in EXPERTS)
 
     def metrics(self) -> dict[str, Any]:
@@ -189,8 +193,10 @@ class Placement:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def attach(self, modules: Mapping[str, torch.nn.Module | None]) -> None:
-        """Take charge of a model's modules (all on the host) and make the policy's initial
-        placement: under ``none`` everything, under ``expert`` the text encoder and the VAE."""
+        """Take charge of a model's modules (all on the host) and make the policy's initial placement.
+
+        Under ``none`` everything, under ``expert`` the text encoder and the VAE.
+        """
         if self._modules:
             self.detach()
         self._modules = {name: m for name, m in modules.items() if m is not None}
@@ -205,8 +211,11 @@ class Placement:
                 self._onload(name, kind="place", swap=False)
 
     def detach(self) -> None:
-        """Bring everything back to the host and forget the modules (group offloading hooks
-        applied for ``sequential`` are removed: the modules are plain host modules again)."""
+        """Bring everything back to the host and forget the modules.
+
+        Group offloading hooks applied for ``sequential`` are removed: the modules are
+        plain host modules again.
+        """
         self.offload_all()
         if not self.simulated and self.policy == "sequential":
             for name in EXPERTS:
@@ -224,9 +233,11 @@ class Placement:
             self._offload(name)
 
     def recover(self) -> None:
-        """Return to the policy's resting state after a failed render (e.g. an out-of-memory
-        error in the middle of a transfer): everything back to the host, then the initial
-        placement again."""
+        """Return to the policy's resting state after a failed render.
+
+        E.g. after an out-of-memory error in the middle of a transfer: everything back to
+        the host, then the initial placement again.
+        """
         if self._streamed is not None:
             self._unstream(self._streamed, strict=False)
         for name in sorted(self._resident):
@@ -239,26 +250,38 @@ class Placement:
 
     # -- the one entry point the render loop uses ----------------------------------------------
     def use(self, name: str) -> None:
-        """Make ``name`` available on the device for the next computation, moving others out as
-        the policy says. Enforces at most one resident expert under every offloading policy."""
+        """Make ``name`` available on the device for the next computation, moving others out as the policy says.
+
+        Enforces at most one resident expert under every offloading policy.
+        """
         if name not in self._modules:
             raise KeyError(f"no module {name!r} attached")
         if self.policy == "none":
             return
         if self.policy == "model":
-            for other in sorted(self._resident - {name}):
-                self._offload(other)
-            if name not in self._resident:
-                self._onload(name, kind="onload", swap=name in EXPERTS)
-            return
-        if self.policy == "expert":
-            if name in EXPERTS and name not in self._resident:
-                for other in EXPERTS:
-                    if other in self._resident:
-                        self._offload(other)
-                self._onload(name, kind="onload", swap=True)
-            return
-        # sequential
+            self._use_model(name)
+        elif self.policy == "expert":
+            self._use_expert(name)
+        else:
+            self._use_sequential(name)
+
+    def _use_model(self, name: str) -> None:
+        """``model``: ``name`` alone on the device."""
+        for other in sorted(self._resident - {name}):
+            self._offload(other)
+        if name not in self._resident:
+            self._onload(name, kind="onload", swap=name in EXPERTS)
+
+    def _use_expert(self, name: str) -> None:
+        """``expert``: an expert swaps with the resident one; the other modules stay put."""
+        if name in EXPERTS and name not in self._resident:
+            for other in EXPERTS:
+                if other in self._resident:
+                    self._offload(other)
+            self._onload(name, kind="onload", swap=True)
+
+    def _use_sequential(self, name: str) -> None:
+        """``sequential``: an expert is streamed, any other module is onloaded whole, alone."""
         if name in EXPERTS:
             for other in sorted(self._resident - {name}):
                 if other in EXPERTS:
@@ -277,9 +300,11 @@ class Placement:
 
     # -- the moves ----------------------------------------------------------------------------
     def _prepare_host_memory(self) -> None:
-        """Keep one host copy of every weight, pinned (CUDA) for the modules the policy moves;
-        the experts under ``sequential`` get diffusers' group offloading instead, which pins its
-        own copies."""
+        """Keep one host copy of every weight, pinned (CUDA) for the modules the policy moves.
+
+        The experts under ``sequential`` get diffusers' group offloading instead, which pins its
+        own copies.
+        """
         if self.pinned:
             limit_pinned_rounding()
         for name, module in self._modules.items():
@@ -298,8 +323,7 @@ class Placement:
             self._host_copies[name] = pairs
 
     def _apply_group_offloading(self, module: torch.nn.Module) -> None:
-        from diffusers.hooks import apply_group_offloading
-        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled, apply_group_offloading
 
         if _is_group_offload_enabled(module):
             return
@@ -314,13 +338,13 @@ class Placement:
 
     @staticmethod
     def _remove_group_offloading(module: torch.nn.Module) -> None:
-        from diffusers.hooks import HookRegistry
         from diffusers.hooks.group_offloading import (
             _GROUP_OFFLOADING,
             _LAYER_EXECUTION_TRACKER,
             _LAZY_PREFETCH_GROUP_OFFLOADING,
             _is_group_offload_enabled,
         )
+        from diffusers.hooks.hooks import HookRegistry
 
         if not _is_group_offload_enabled(module):
             return
@@ -383,9 +407,12 @@ class Placement:
         self._record(name, HOST, str(self.device), 0.0, "stream", True)
 
     def _unstream(self, name: str, *, strict: bool = True) -> None:
-        """``name`` stops being the streamed expert. Group offloading moves every block back to
-        the host after its forward; should any group still be on the device, it is offloaded
-        here, so the invariant holds whatever the hooks left behind."""
+        """``name`` stops being the streamed expert.
+
+        Group offloading moves every block back to the host after its forward; should any group
+        still be on the device, it is offloaded here, so the invariant holds whatever the hooks
+        left behind.
+        """
         start = time.perf_counter()
         if not self.simulated:
             self._sync()

@@ -116,6 +116,7 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Engine:
+        """An engine with the device, offload policy, threads and paths of ``settings`` (default: the process's)."""
         if settings is None:
             from farm.settings import get_settings
 
@@ -136,10 +137,12 @@ class Engine:
 
     @property
     def placement(self) -> Placement | None:
+        """The warm model's placement, if a model is loaded."""
         return None if self._adapter is None else self._adapter.placement
 
     @property
     def adapter(self) -> WanAdapter | None:
+        """The warm model's adapter, if a model is loaded."""
         return self._adapter
 
     def load(self, model_name: str) -> Components:

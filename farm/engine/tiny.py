@@ -77,8 +77,10 @@ def _vocab() -> dict[str, int]:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer over a fixed vocabulary (words, then single characters as fallback),
-    lower-cased, with ``</s>`` appended by the post-processor, ``<pad>`` = 0 and ``<unk>``."""
+    """A WordPiece tokenizer over a fixed vocabulary (words, then single characters as fallback).
+
+    Lower-cased, with ``</s>`` appended by the post-processor, ``<pad>`` = 0 and ``<unk>``.
+    """
     vocab = _vocab()
     tok = Tokenizer(models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100))
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
@@ -87,7 +89,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, vocab[EOS])]
     )
-    return PreTrainedTokenizerFast(
+    # transformers 5: PreTrainedTokenizerFast is TokenizersBackend, whose __init__ has no type hints
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         pad_token=PAD,
         eos_token=EOS,
@@ -111,7 +114,7 @@ def _seeded(seed: int, make: Callable[[], M]) -> M:
 
 
 def _transformer(channels: int) -> WanTransformer3DModel:
-    return WanTransformer3DModel(
+    model: WanTransformer3DModel = WanTransformer3DModel(  # typed here: @register_to_config makes it Any
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -125,6 +128,7 @@ def _transformer(channels: int) -> WanTransformer3DModel:
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
+    return model
 
 
 def _text_encoder(vocab_size: int) -> UMT5EncoderModel:
@@ -149,14 +153,18 @@ def _text_encoder(vocab_size: int) -> UMT5EncoderModel:
 
 def _vae_two_expert() -> AutoencoderKLWan:
     # latents_mean/std: the library defaults (Wan2.1's VAE statistics, 16 channels).
-    return AutoencoderKLWan(
+    vae: AutoencoderKLWan = AutoencoderKLWan(  # typed here: @register_to_config makes it Any
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
+    return vae
 
 
 def _dense_latent_stats() -> tuple[list[float], list[float]]:
-    """Fixed, non-trivial per-channel statistics for the 48-channel dense VAE (so that the
-    un-normalisation before decoding is exercised, not an identity)."""
+    """Fixed, non-trivial per-channel statistics for the 48-channel dense VAE.
+
+    Non-trivial so that the un-normalisation before decoding is exercised, not an
+    identity.
+    """
     mean = [round(0.05 * ((i % 7) - 3), 4) for i in range(48)]
     std = [round(1.0 + 0.1 * (i % 5), 4) for i in range(48)]
     return mean, std
@@ -164,7 +172,7 @@ def _dense_latent_stats() -> tuple[list[float], list[float]]:
 
 def _vae_dense() -> AutoencoderKLWan:
     mean, std = _dense_latent_stats()
-    return AutoencoderKLWan(
+    vae: AutoencoderKLWan = AutoencoderKLWan(  # typed here: @register_to_config makes it Any
         base_dim=3,
         z_dim=48,
         in_channels=12,
@@ -179,14 +187,19 @@ def _vae_dense() -> AutoencoderKLWan:
         scale_factor_temporal=4,
         temperal_downsample=[False, True, True],
     )
+    return vae
 
 
 def _scheduler(profile: ModelProfile) -> UniPCMultistepScheduler:
-    """The model's base scheduler (what a Diffusers directory would ship); the adapter builds each
-    job's own scheduler from this config with the job's sampler and flow shift."""
-    return UniPCMultistepScheduler(
+    """The model's base scheduler (what a Diffusers directory would ship).
+
+    The adapter builds each job's own scheduler from this config with the job's sampler and flow
+    shift.
+    """
+    scheduler: UniPCMultistepScheduler = UniPCMultistepScheduler(  # typed here: @register_to_config makes it Any
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=profile.flow_shift
     )
+    return scheduler
 
 
 # -- fingerprint -------------------------------------------------------------------------------
@@ -200,10 +213,12 @@ def _config_of(module: Any) -> dict[str, Any] | None:
 
 
 def fingerprint_components(modules: Mapping[str, Any], tokenizer: Any) -> str:
-    """sha256 over every module's state dict (parameter names, dtypes, shapes and raw bytes, sorted
-    by name), the diffusers model configs (they carry e.g. the VAE's latent statistics, which are
-    not in a state dict) and the tokenizer's vocabulary (sorted). Independent of hash seeds and
-    thread counts."""
+    """sha256 over every module's state dict, the diffusers model configs and the tokenizer's vocabulary.
+
+    State dicts: parameter names, dtypes, shapes and raw bytes, sorted by name. The configs carry
+    e.g. the VAE's latent statistics, which are not in a state dict. The vocabulary is sorted.
+    Independent of hash seeds and thread counts.
+    """
     h = hashlib.sha256(b"farm.weights/1\0")
     for name in sorted(modules):
         module = modules[name]
@@ -264,7 +279,8 @@ def build_builtin(profile: ModelProfile | str) -> Components:
     """The built-in model for ``profile`` (``tiny`` or ``tiny-dense``), built once per process.
 
     The returned :class:`Components` is shared by every caller in the process; its modules are on
-    the CPU in eval mode (the placement layer moves them)."""
+    the CPU in eval mode (the placement layer moves them).
+    """
     if isinstance(profile, str):
         profile = get_profile(profile)
     if profile.source != "builtin" or profile.name not in ("tiny", "tiny-dense"):

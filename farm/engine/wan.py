@@ -1,5 +1,7 @@
-"""The Wan adapter: renders canonical specs with the components of diffusers' ``WanPipeline``,
-through farm's own denoising loop, with expert-phase batching.
+"""The Wan adapter.
+
+It renders canonical specs with the components of diffusers' ``WanPipeline``, through farm's
+own denoising loop, with expert-phase batching.
 
 ``WanPipeline.__call__`` runs one job's whole denoising loop; a two-expert model then swaps its
 experts once per job. :class:`WanAdapter` reuses the pipeline's parts (``check_inputs``,
@@ -76,8 +78,11 @@ def _number(value: Any) -> bool:
 def check_jobs(
     canons: Sequence[Mapping[str, Any]], profile: ModelProfile, *, spatial_multiple: int = 1
 ) -> None:
-    """Check K canonical specs against the model and each other; raise :class:`IncompatibleJob`
-    naming the first bad field. Torch-free and cheap: called before any model work."""
+    """Check K canonical specs against the model and each other.
+
+    Raise :class:`IncompatibleJob` naming the first bad field. Torch-free and cheap: called
+    before any model work.
+    """
     if not canons:
         raise IncompatibleJob("batch: no jobs to render")
     for index, canon in enumerate(canons):
@@ -98,12 +103,28 @@ def check_jobs(
                 )
 
 
+_Bad = Callable[[str, str], IncompatibleJob]
+
+
 def _check_one(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int, where: str) -> None:
     def bad(name: str, message: str) -> IncompatibleJob:
         return IncompatibleJob(f"{name}: {message} ({where}, got {canon.get(name)!r})")
 
     if canon["model"] != p.name:
         raise bad("model", f"the loaded model is {p.name}")
+    _check_text(canon, bad)
+    _check_frames(canon, p, bad)
+    _check_size(canon, p, spatial_multiple, bad)
+    _check_sampling(canon, bad)
+    _check_experts(canon, p, bad)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_text(canon: Mapping[str, Any], bad: _Bad) -> None:
+    """The prompt, the negative prompt and the seed."""
     prompt, negative = canon["prompt"], canon["negative_prompt"]
     if not isinstance(prompt, str) or not prompt.strip():
         raise bad("prompt", "must be a non-empty string")
@@ -111,22 +132,33 @@ def _check_one(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int,
         raise bad("negative_prompt", "must be a string")
     if not is_valid_seed(canon["seed"]):
         raise bad("seed", "must be an integer in [0, 2^63-1]")
+
+
+def _check_frames(canon: Mapping[str, Any], p: ModelProfile, bad: _Bad) -> None:
+    """``num_frames``: positive, ``temporal_multiple``k+1, at most the model's ``max_frames``."""
     frames = canon["num_frames"]
-    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+    if not _positive_int(frames):
         raise bad("num_frames", "must be a positive integer")
     if (frames - 1) % p.temporal_multiple:
         raise bad("num_frames", f"must be {p.temporal_multiple}k+1 for {p.name}")
     if frames > p.max_frames:
         raise bad("num_frames", f"must be at most {p.max_frames} for {p.name}")
+
+
+def _check_size(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int, bad: _Bad) -> None:
+    """``width`` and ``height``: positive multiples of the model's and the caller's spatial multiples."""
     multiple = math.lcm(p.size_multiple, spatial_multiple)
     for name in ("width", "height"):
         value = canon[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _positive_int(value):
             raise bad(name, "must be a positive integer")
         if value % multiple:
             raise bad(name, f"must be a multiple of {multiple} for {p.name}")
-    steps = canon["steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+
+
+def _check_sampling(canon: Mapping[str, Any], bad: _Bad) -> None:
+    """``steps``, ``sampler``, ``flow_shift`` and ``guidance_scale``."""
+    if not _positive_int(canon["steps"]):
         raise bad("steps", "must be a positive integer")
     if canon["sampler"] not in SAMPLERS:
         raise bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
@@ -134,6 +166,10 @@ def _check_one(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int,
         raise bad("flow_shift", "must be a positive number")
     if not _number(canon["guidance_scale"]) or canon["guidance_scale"] < 0:
         raise bad("guidance_scale", "must be a number >= 0")
+
+
+def _check_experts(canon: Mapping[str, Any], p: ModelProfile, bad: _Bad) -> None:
+    """``guidance_scale_2`` and ``boundary_ratio``: valid for a two-expert model, None for a dense one."""
     if p.two_expert:
         g2, boundary = canon["guidance_scale_2"], canon["boundary_ratio"]
         if g2 is not None and (not _number(g2) or g2 < 0):
@@ -147,8 +183,10 @@ def _check_one(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int,
 
 
 def make_scheduler(sampler: str, flow_shift: float, base: Any | None = None) -> Any:
-    """A fresh scheduler for ``sampler`` with ``flow_shift``, keeping the rest of ``base``'s
-    config (e.g. ``num_train_timesteps``, the solver order) when ``base`` is the same class.
+    """A fresh scheduler for ``sampler`` with ``flow_shift``.
+
+    It keeps the rest of ``base``'s config (e.g. ``num_train_timesteps``, the solver order)
+    when ``base`` is the same class.
 
     * ``unipc``: ``UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
       flow_shift=...)`` (Wan's default);
@@ -184,9 +222,11 @@ class Segment:
 
 
 def plan_segments(timesteps: torch.Tensor, boundary_timestep: float | None, *, dense: bool) -> list[Segment]:
-    """Which expert serves each step, grouped into runs (WanPipeline's switch rule: ``t >=
-    boundary`` → ``transformer``, else ``transformer_2``). Decreasing timesteps give at most two
-    segments: high-noise then low-noise."""
+    """Which expert serves each step, grouped into runs.
+
+    WanPipeline's switch rule: ``t >= boundary`` → ``transformer``, else ``transformer_2``.
+    Decreasing timesteps give at most two segments: high-noise then low-noise.
+    """
     segments: list[Segment] = []
     for i, t in enumerate(timesteps):
         high = boundary_timestep is None or bool(t >= boundary_timestep)
@@ -256,7 +296,7 @@ class WanAdapter:
             boundary_ratio=self.profile.boundary_ratio,
             expand_timesteps=components.expand_timesteps,
         )
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # diffusers: untyped
         patch = components.transformer.config.patch_size
         self.spatial_multiple = math.lcm(
             self.pipe.vae_scale_factor_spatial * patch[1], self.pipe.vae_scale_factor_spatial * patch[2]
@@ -271,7 +311,7 @@ class WanAdapter:
         check_jobs(canons, self.profile, spatial_multiple=self.spatial_multiple)
         for canon in canons:
             try:
-                self.pipe.check_inputs(
+                self.pipe.check_inputs(  # type: ignore[no-untyped-call]  # diffusers: untyped
                     canon["prompt"],
                     canon["negative_prompt"],
                     canon["height"],

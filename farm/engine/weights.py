@@ -64,8 +64,11 @@ def model_directory(profile: ModelProfile, models_path: Path) -> Path:
 
 
 def weight_components(profile: ModelProfile) -> tuple[str, ...]:
-    """The component folders that hold weights: those whose ``config.json`` the profile requires
-    (text encoder, VAE, experts; not the scheduler or the tokenizer)."""
+    """The component folders that hold weights.
+
+    Those whose ``config.json`` the profile requires (text encoder, VAE, experts; not the
+    scheduler or the tokenizer).
+    """
     out = []
     for rel in profile.required_files:
         parts = rel.split("/")
@@ -130,6 +133,7 @@ def missing_pieces(profile: ModelProfile, directory: Path) -> list[str]:
 
 
 def expected_layout(profile: ModelProfile) -> str:
+    """The directory layout ``profile`` needs, in words (for error messages)."""
     files = ", ".join(profile.required_files)
     comps = ", ".join(f"{c}/" for c in weight_components(profile))
     return f"a Diffusers-format directory with {files}, and weights (*.safetensors or *.bin) in {comps}"
@@ -147,6 +151,7 @@ def check_weights(profile: ModelProfile, directory: Path) -> None:
 
 
 def read_model_index(directory: Path) -> dict[str, Any]:
+    """The parsed ``model_index.json`` of ``directory``; :class:`WeightsNotFound` when it is unreadable."""
     path = directory / MODEL_INDEX_FILENAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -192,9 +197,12 @@ def _walk_files(directory: Path, folder: Path) -> Iterable[str]:
 
 
 def fingerprint_files(directory: Path) -> list[str]:
-    """Relative paths (posix, sorted) that the fingerprint covers: ``model_index.json`` and every
-    file under the components it declares. Without a readable model_index.json: every file.
-    Hidden files and folders (``.cache``, ``.git``, farm's own cache file) are left out."""
+    """Relative paths (posix, sorted) that the fingerprint covers.
+
+    ``model_index.json`` and every file under the components it declares. Without a readable
+    model_index.json: every file. Hidden files and folders (``.cache``, ``.git``, farm's own
+    cache file) are left out.
+    """
     directory = Path(directory)
     try:
         model_index = json.loads((directory / MODEL_INDEX_FILENAME).read_text(encoding="utf-8"))
@@ -431,14 +439,18 @@ def load_components(
                       lambda: AutoTokenizer.from_pretrained(directory / "tokenizer", **local))
     text_encoder = _load("text_encoder", directory, lambda: UMT5EncoderModel.from_pretrained(
         directory / "text_encoder", dtype=torch_dtype, **local))
-    vae = _load("vae", directory, lambda: AutoencoderKLWan.from_pretrained(
-        directory / "vae", torch_dtype=torch.float32, **local))
-    transformer = _load("transformer", directory, lambda: WanTransformer3DModel.from_pretrained(
-        directory / "transformer", torch_dtype=torch_dtype, **local))
+    # (diffusers' ModelMixin.from_pretrained has no type hints: the no-untyped-call ignores below)
+    vae = _load("vae", directory,
+                lambda: AutoencoderKLWan.from_pretrained(  # type: ignore[no-untyped-call]
+                    directory / "vae", torch_dtype=torch.float32, **local))
+    transformer = _load("transformer", directory,
+                        lambda: WanTransformer3DModel.from_pretrained(  # type: ignore[no-untyped-call]
+                            directory / "transformer", torch_dtype=torch_dtype, **local))
     transformer_2 = None
     if profile.two_expert:
-        transformer_2 = _load("transformer_2", directory, lambda: WanTransformer3DModel.from_pretrained(
-            directory / "transformer_2", torch_dtype=torch_dtype, **local))
+        transformer_2 = _load("transformer_2", directory,
+                              lambda: WanTransformer3DModel.from_pretrained(  # type: ignore[no-untyped-call]
+                                  directory / "transformer_2", torch_dtype=torch_dtype, **local))
     scheduler = _load("scheduler", directory,
                       lambda: scheduler_cls.from_pretrained(directory / "scheduler", **local))
     for module in (text_encoder, vae, transformer, transformer_2):

@@ -1,5 +1,7 @@
-"""The ledger gateway's foundation: the engine, transactions with farm's error translation, the
-clock, and the schema (migrations). :class:`farm.ledger.manager.Ledger` builds on it.
+"""The ledger gateway's foundation.
+
+The engine, transactions with farm's error translation, the clock, and the schema (migrations).
+:class:`farm.ledger.manager.Ledger` builds on it.
 
 Errors: connection and operational failures become :class:`~farm.errors.LedgerUnavailable`
 (transient); a database without farm's tables gives :class:`~farm.errors.SchemaOutOfDate`.
@@ -35,15 +37,19 @@ class LedgerBase:
     I/O; :meth:`from_settings` also makes sure the schema is usable.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, clock: Callable[[], datetime] | None = None):
+    def __init__(self, url: str, *, echo: bool = False, clock: Callable[[], datetime] | None = None,
+                 pre_ping: bool = True):
         self.url = url
-        self._engine: Engine = db.make_engine(url, echo=echo)
+        self._engine: Engine = db.make_engine(url, echo=echo, pre_ping=pre_ping)
         self._clock = clock or utcnow
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        """The ledger the settings name. Embedded (SQLite in the data dir): created and migrated to
-        head as needed. Any other URL: must already be at head, else :class:`SchemaOutOfDate`."""
+        """The ledger the settings name.
+
+        Embedded (SQLite in the data dir): created and migrated to head as needed. Any other URL:
+        must already be at head, else :class:`SchemaOutOfDate`.
+        """
         ledger = cls(settings.ledger_url, echo=settings.sql_echo)
         try:
             if settings.embedded:
@@ -58,6 +64,7 @@ class LedgerBase:
 
     @property
     def display_url(self) -> str:
+        """The ledger URL with its password hidden (for logs and messages)."""
         return redacted_url(self.url)
 
     @property
@@ -66,6 +73,7 @@ class LedgerBase:
         return self._engine.dialect.name
 
     def close(self) -> None:
+        """Close the engine's connections."""
         self._engine.dispose()
 
     def __enter__(self) -> Self:
@@ -82,8 +90,10 @@ class LedgerBase:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Translate driver errors into farm's: unreachable -> LedgerUnavailable (transient),
-        no tables -> SchemaOutOfDate."""
+        """Translate driver errors into farm's.
+
+        Unreachable -> LedgerUnavailable (transient), no tables -> SchemaOutOfDate.
+        """
         try:
             yield
         except FarmError:
@@ -114,19 +124,24 @@ class LedgerBase:
                 yield conn
 
     def current_revision(self) -> str | None:
+        """The revision the database is at (None for a database never migrated)."""
         with self._guard():
             return db.current_revision(self._engine)
 
     @staticmethod
     def head_revision() -> str:
+        """The newest revision of the shipped migrations (there must be exactly one head)."""
         heads = db.head_revisions()
         if len(heads) != 1:
             raise RuntimeError(f"the migration scripts have {len(heads)} heads: {heads}")
         return heads[0]
 
     def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
-        """Migrate to ``revision``; returns the revisions before and after this call's work
-        (equal when there was nothing to do)."""
+        """Migrate to ``revision``.
+
+        Returns the revisions before and after this call's work (equal when there was
+        nothing to do).
+        """
         with self._guard():
             steps = db.upgrade(self._engine, revision)
             after = db.current_revision(self._engine)

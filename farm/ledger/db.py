@@ -51,6 +51,7 @@ def normalize_url(url: str | URL) -> URL:
 
 
 def is_sqlite(url: str | URL) -> bool:
+    """True when ``url`` is an SQLite URL."""
     return make_url(url).get_backend_name() == "sqlite"
 
 
@@ -69,8 +70,14 @@ def ensure_sqlite_dir(url: str | URL) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
-    """An engine for the ledger at ``url`` (see the module docstring for the SQLite setup)."""
+def make_engine(url: str | URL, *, echo: bool = False, pre_ping: bool = True) -> Engine:
+    """An engine for the ledger at ``url`` (see the module docstring for the SQLite setup).
+
+    ``pre_ping`` tests a pooled connection before each use (one more round trip per transaction),
+    so that a request after a database restart does not fail once. A caller that retries every
+    ledger call (a worker: the first error after a restart invalidates the pool, the retry gets a
+    fresh connection) turns it off.
+    """
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
         engine = create_engine(u, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
@@ -79,7 +86,7 @@ def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
     connect_args: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-    return create_engine(u, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(u, echo=echo, pool_pre_ping=pre_ping, connect_args=connect_args)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -134,8 +141,10 @@ def head_revisions() -> tuple[str, ...]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at (None for a database never migrated). An SQLite file that
-    does not exist yet is not created by asking."""
+    """The revision the database is at (None for a database never migrated).
+
+    An SQLite file that does not exist yet is not created by asking.
+    """
     from alembic.runtime.migration import MigrationContext
 
     path = sqlite_path(engine.url)
@@ -168,8 +177,10 @@ def _migrate(engine: Engine, revision: str, *, up: bool) -> list[Step]:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> list[Step]:
-    """Migrate the database up to ``revision``; returns the steps this call applied (none when
-    another process got there first)."""
+    """Migrate the database up to ``revision``.
+
+    Returns the steps this call applied (none when another process got there first).
+    """
     ensure_sqlite_dir(engine.url)
     return _migrate(engine, revision, up=True)
 

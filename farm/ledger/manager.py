@@ -93,8 +93,9 @@ def _missing_table(error: sa_exc.DBAPIError) -> bool:
 
 
 class Ledger(LedgerReads):
-    """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres):
-    :class:`~farm.ledger.base.LedgerBase` (connection, transactions, schema),
+    """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres).
+
+    It is :class:`~farm.ledger.base.LedgerBase` (connection, transactions, schema),
     :class:`~farm.ledger.reads.LedgerReads` (every read) and, here, every write.
 
     ``clock`` returns the current aware UTC time (tests pass a fake one). The constructor does no
@@ -105,12 +106,14 @@ class Ledger(LedgerReads):
     # -- adding jobs ---------------------------------------------------------------------------
     def admit(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None,
               mark_sent: bool = False) -> Admission:
-        """Add jobs (queued) in ONE transaction, with one "created" event each, and say what became
-        of each: dedup (see :mod:`farm.ledger.queueing`) answers cache hits at once (event
-        "cache-hit", from outputs in state ``ok`` that ``output_ok``, if given, vouches for) and
-        queues followers behind their leader; the rest need a message (:attr:`Admission.to_send`).
-        ``mark_sent`` records those as sent in the same transaction (the caller sends right after
-        the commit, and calls :meth:`unmark_enqueued` for any it could not send)."""
+        """Add jobs (queued) in ONE transaction, with one "created" event each, and say what became of each.
+
+        Dedup (see :mod:`farm.ledger.queueing`) answers cache hits at once (event "cache-hit", from
+        outputs in state ``ok`` that ``output_ok``, if given, vouches for) and queues followers
+        behind their leader; the rest need a message (:attr:`Admission.to_send`). ``mark_sent``
+        records those as sent in the same transaction (the caller sends right after the commit, and
+        calls :meth:`unmark_enqueued` for any it could not send).
+        """
         if not new_jobs:
             return Admission([], [], {}, {})
         with self._write() as conn:
@@ -122,15 +125,18 @@ class Ledger(LedgerReads):
         return self.admit(new_jobs, output_ok=output_ok).job_ids
 
     def add_job(self, new_job: NewJob, *, output_ok: o.OutputFilter | None = None) -> str:
+        """:meth:`add_jobs` for one job, returning its id."""
         return self.add_jobs([new_job], output_ok=output_ok)[0]
 
     def create_batch(
         self, manifest_digest: str, name: str, source_name: str, new_jobs: Sequence[NewJob], *,
         output_ok: o.OutputFilter | None = None,
     ) -> tuple[str, bool]:
-        """Write a batch and all its jobs in one transaction: ``(batch_id, True)``. If a batch with
-        this manifest digest exists, write nothing and return ``(existing_id, False)``. Dedup as
-        in :meth:`admit`."""
+        """Write a batch and all its jobs in one transaction: ``(batch_id, True)``.
+
+        If a batch with this manifest digest exists, write nothing and return
+        ``(existing_id, False)``. Dedup as in :meth:`admit`.
+        """
         admitted = self.admit_batch(manifest_digest, name, source_name, new_jobs, output_ok=output_ok)
         assert admitted.batch_id is not None
         return admitted.batch_id, admitted.created
@@ -139,10 +145,12 @@ class Ledger(LedgerReads):
         self, manifest_digest: str, name: str, source_name: str, new_jobs: Sequence[NewJob], *,
         output_ok: o.OutputFilter | None = None, mark_sent: bool = False,
     ) -> Admission:
-        """:meth:`admit` for a batch (one transaction, ``batch_index`` kept). A batch with this
-        digest already there: nothing is written, and the admission lists its jobs and, to send,
-        those whose message is not confirmed sent (see :meth:`confirm_sent`: how an interrupted
-        submission is finished)."""
+        """:meth:`admit` for a batch (one transaction, ``batch_index`` kept).
+
+        A batch with this digest already there: nothing is written, and the admission lists its
+        jobs and, to send, those whose message is not confirmed sent (see :meth:`confirm_sent`:
+        how an interrupted submission is finished).
+        """
         by_digest = select(batches.c.id).where(batches.c.manifest_digest == manifest_digest)
         try:
             with self._write() as conn:
@@ -171,9 +179,11 @@ class Ledger(LedgerReads):
                          created=False, to_send_index=[index for _, _, index in pending], job_count=len(ids))
 
     def confirm_sent(self, batch_id: str, through: int) -> None:
-        """Record that the batch's messages up to ``batch_index`` ``through`` were published
-        (never lowers it). Jobs after it count as possibly unsent: :meth:`admit_batch` of the same
-        batch and the reaper (:meth:`stalled_batches`) send them again."""
+        """Record that the batch's messages up to ``batch_index`` ``through`` were published (never lowers it).
+
+        Jobs after it count as possibly unsent: :meth:`admit_batch` of the same batch and the
+        reaper (:meth:`stalled_batches`) send them again.
+        """
         with self._write() as conn:
             q.confirm_sent(conn, batch_id, through)
 
@@ -215,8 +225,10 @@ class Ledger(LedgerReads):
 
     # -- enqueue bookkeeping -------------------------------------------------------------------
     def unmark_enqueued(self, job_ids: Sequence[str]) -> None:
-        """Clear the sent mark of queued jobs whose message could not be sent after all (see
-        :meth:`admit`'s ``mark_sent``): the reaper sends them."""
+        """Clear the sent mark of queued jobs whose message could not be sent after all.
+
+        See :meth:`admit`'s ``mark_sent``: the reaper sends them.
+        """
         if job_ids:
             with self._write() as conn:
                 q.unmark_enqueued(conn, job_ids)
@@ -230,18 +242,23 @@ class Ledger(LedgerReads):
 
     # -- outputs -------------------------------------------------------------------------------
     def mark_outputs(self, marks: Sequence[OutputMark]) -> list[str]:
-        """Record what output checks found (``ok`` refreshes the verified stamp; ``missing`` and
-        ``corrupt`` keep the cache off the file); the URIs whose state changed, each change an
-        event on the jobs that point at it. See :mod:`farm.ledger.outputs`."""
+        """Record what output checks found; return the URIs whose state changed.
+
+        ``ok`` refreshes the verified stamp; ``missing`` and ``corrupt`` keep the cache off the
+        file. Each change is an event on the jobs that point at it. See
+        :mod:`farm.ledger.outputs`.
+        """
         if not marks:
             return []
         with self._write() as conn:
             return o.mark(conn, marks, self._now())
 
     def replace_output_hash(self, uri: str, file_sha256: str, *, reason: str) -> list[str]:
-        """A repair wrote new bytes for the same frames (another ffmpeg build): the output's and its
-        jobs' ``file_sha256`` become the new file's (each job gets an ``output-rewritten`` event
-        with the old and new hash). Returns the ids of the jobs changed."""
+        """A repair wrote new bytes for the same frames (another ffmpeg build).
+
+        The output's and its jobs' ``file_sha256`` become the new file's (each job gets an
+        ``output-rewritten`` event with the old and new hash). Returns the ids of the jobs changed.
+        """
         now = self._now()
         with self._write() as conn:
             rows = conn.execute(
@@ -269,10 +286,12 @@ class Ledger(LedgerReads):
         detail: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> JobRecord:
-        """Move the job to ``to`` along an allowed edge, setting ``fields`` (other columns) in the
-        same UPDATE and appending an event of ``kind``. Returns the job as it is afterwards. Like the
-        convenience methods, a job that succeeds answers its followers; one that fails or is
-        cancelled releases them."""
+        """Move the job to ``to`` along an allowed edge, appending an event of ``kind``.
+
+        ``fields`` (other columns) are set in the same UPDATE. Returns the job as it is afterwards.
+        Like the convenience methods, a job that succeeds answers its followers; one that fails or is
+        cancelled releases them.
+        """
         target = parse_status(str(to))
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
@@ -295,10 +314,12 @@ class Ledger(LedgerReads):
         only_from: Collection[JobStatus] | None = None,
         guard: ColumnElement[bool] | None = None,
     ) -> JobRecord | None:
-        """The status change itself, inside the caller's write transaction. ``only_from`` narrows
-        the allowed sources; ``guard`` is an extra condition of the UPDATE (e.g. ownership). Any
-        exception raised here rolls the whole transaction back. Returns the changed row when the
-        UPDATE gave it back (one allowed source), else None."""
+        """The status change itself, inside the caller's write transaction.
+
+        ``only_from`` narrows the allowed sources; ``guard`` is an extra condition of the UPDATE
+        (e.g. ownership). Any exception raised here rolls the whole transaction back. Returns the
+        changed row when the UPDATE gave it back (one allowed source), else None.
+        """
         _check_change(fields, kind)
         allowed = allowed_from(to)
         if only_from is not None:
@@ -350,11 +371,14 @@ class Ledger(LedgerReads):
 
     def _transition_many(self, conn: Connection, source: JobStatus, to: JobStatus, *, kind: str, worker: str | None,
                          changes: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
-        """:meth:`_transition` set-wise, for many jobs on the one edge ``source -> to``: ``changes``
-        are ``(job_id, fields, detail)`` (every job setting the same columns). The rows are locked
-        and checked, updated conditionally on ``source`` (one UPDATE each, sent as executemany),
-        and get one event each. A job not in ``source`` raises :class:`IllegalTransition` (and
-        an unknown one :class:`JobNotFound`): the caller's transaction rolls back."""
+        """:meth:`_transition` set-wise, for many jobs on the one edge ``source -> to``.
+
+        ``changes`` are ``(job_id, fields, detail)`` (every job setting the same columns). The rows
+        are locked and checked, updated conditionally on ``source`` (one UPDATE each, sent as
+        executemany), and get one event each. A job not in ``source`` raises
+        :class:`IllegalTransition` (and an unknown one :class:`JobNotFound`): the caller's
+        transaction rolls back.
+        """
         if not changes:
             return
         _check_change(changes[0][1], kind)
@@ -379,9 +403,11 @@ class Ledger(LedgerReads):
 
     # -- worker life cycle ---------------------------------------------------------------------
     def claim(self, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> JobRecord | None:
-        """queued -> running for ``worker_host``: attempts + 1, a lease of ``lease_s`` seconds.
+        """Queued -> running for ``worker_host``: attempts + 1, a lease of ``lease_s`` seconds.
+
         Returns None when the job is not queued or is a follower (a redelivered or duplicate
-        message: drop it); raises :class:`JobNotFound` for an unknown id."""
+        message: drop it); raises :class:`JobNotFound` for an unknown id.
+        """
         if lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         try:
@@ -414,10 +440,12 @@ class Ledger(LedgerReads):
 
     def claim_more(self, compat_key: str, *, limit: int, worker_host: str, worker_device: str, lease_s: float,
                    priority: str | None = None) -> list[JobRecord]:
-        """Claim up to ``limit`` more queued non-follower jobs with this compat key (interactive
-        first, then oldest, then manifest order), each with its own "claimed" event, in one
-        transaction. On Postgres rows locked by a concurrent claimer are skipped, so two workers
-        never get the same job."""
+        """Claim up to ``limit`` more queued non-follower jobs with this compat key, in one transaction.
+
+        Interactive first, then oldest, then manifest order; each with its own "claimed" event.
+        On Postgres rows locked by a concurrent claimer are skipped, so two workers never get
+        the same job.
+        """
         if lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         if priority is not None and priority not in PRIORITIES:
@@ -432,10 +460,12 @@ class Ledger(LedgerReads):
         return [found[i] for i in ids]
 
     def release(self, job_id: str, *, worker_host: str, reason: str) -> JobRecord | None:
-        """Hand a running job back (SIGTERM): running -> queued, event "released", the attempt not
-        counted (attempts - 1, never below 0), ``enqueued_at`` NULL (the reaper sends it again).
-        Only by its owner: None, nothing written, when the job is not running or ``worker_host``
-        does not own it."""
+        """Hand a running job back (SIGTERM).
+
+        Running -> queued, event "released", the attempt not counted (attempts - 1, never below
+        0), ``enqueued_at`` NULL (the reaper sends it again). Only by its owner: None, nothing
+        written, when the job is not running or ``worker_host`` does not own it.
+        """
         try:
             with self._write() as conn:
                 self._transition(
@@ -458,8 +488,10 @@ class Ledger(LedgerReads):
         self, job_id: str, *, worker_host: str, lease_s: float, progress: float | None = None
     ) -> bool:
         """Extend the lease of a running job owned by ``worker_host`` (and record progress).
+
         False when the job is no longer running or belongs to another worker: stop rendering.
-        Heartbeats write no event."""
+        Heartbeats write no event.
+        """
         if lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         now = self._now()
@@ -497,10 +529,13 @@ class Ledger(LedgerReads):
         worker_host: str | None = None,
         size_bytes: int | None = None,
     ) -> JobRecord:
-        """running -> succeeded with the render's results. With ``worker_host``, only if that
-        worker still owns the job (else :class:`IllegalTransition`, nothing written). The job's
-        queued followers are answered from it in the same transaction. The output is recorded
-        ``ok`` (verified now: its writer just wrote or checked it)."""
+        """Running -> succeeded with the render's results.
+
+        With ``worker_host``, only if that worker still owns the job (else
+        :class:`IllegalTransition`, nothing written). The job's queued followers are answered
+        from it in the same transaction. The output is recorded ``ok`` (verified now: its
+        writer just wrote or checked it).
+        """
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
             o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
@@ -529,10 +564,12 @@ class Ledger(LedgerReads):
             return record or self._job(conn, job_id)
 
     def record_cache_hit(self, job_id: str, original_id: str, *, worker_host: str | None = None) -> JobRecord:
-        """running -> succeeded with the output of the succeeded job ``original_id`` (a worker found,
-        after loading the model, that the output exists); its followers are answered too. With
-        ``worker_host``, only if that worker owns the job. :class:`IllegalTransition` when the
-        original has not succeeded (nothing written)."""
+        """Running -> succeeded with the output of the succeeded job ``original_id``.
+
+        A worker found, after loading the model, that the output exists; its followers are answered
+        too. With ``worker_host``, only if that worker owns the job. :class:`IllegalTransition` when
+        the original has not succeeded (nothing written).
+        """
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
             original = q.original_row(conn, original_id)
@@ -558,9 +595,12 @@ class Ledger(LedgerReads):
         retry: bool,
         worker_host: str | None = None,
     ) -> JobRecord:
-        """A running job's attempt failed. With ``retry`` and attempts left: back to queued
-        (event "retried", ``enqueued_at`` NULL: the reaper sends it again); otherwise failed for
-        good (event "failed") and its followers are released."""
+        """A running job's attempt failed.
+
+        With ``retry`` and attempts left: back to queued (event "retried", ``enqueued_at`` NULL:
+        the reaper sends it again); otherwise failed for good (event "failed") and its followers
+        are released.
+        """
         message = _cut(error_message)
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
@@ -598,8 +638,10 @@ class Ledger(LedgerReads):
             return self._job(conn, job_id)
 
     def cancel(self, job_id: str, *, detail: Mapping[str, Any] | None = None) -> JobRecord:
-        """queued or running -> cancelled (a running worker sees it at its next heartbeat); the
-        job's followers are released."""
+        """Queued or running -> cancelled.
+
+        A running worker sees it at its next heartbeat; the job's followers are released.
+        """
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
             self._transition(
@@ -610,10 +652,13 @@ class Ledger(LedgerReads):
             return self._job(conn, job_id)
 
     def requeue_expired(self, now: datetime | None = None) -> list[str]:
-        """The reaper: every running job whose lease expired before ``now`` goes back to queued
+        """The reaper.
+
+        Every running job whose lease expired before ``now`` goes back to queued
         (``enqueued_at`` NULL) if it has attempts left, else fails with
-        ``error_type="LeaseExpired"`` (its followers released). Returns their ids.
-        A job whose worker heartbeats in the meantime is left alone."""
+        ``error_type="LeaseExpired"`` (its followers released). Returns their ids. A job whose
+        worker heartbeats in the meantime is left alone.
+        """
         now = now or self._now()
         expired_query = (
             select(jobs.c.id)
@@ -665,8 +710,10 @@ class Ledger(LedgerReads):
 
     # -- annotations (no status change) --------------------------------------------------------
     def set_starred(self, job_id: str, starred: bool) -> bool:
-        """Star or unstar a job (event "starred"/"unstarred"). Returns False, writing nothing,
-        when the job already was in that state."""
+        """Star or unstar a job (event "starred"/"unstarred").
+
+        Returns False, writing nothing, when the job already was in that state.
+        """
         with self._write() as conn:
             row = conn.execute(
                 select(jobs.c.status, jobs.c.starred).where(jobs.c.id == job_id).with_for_update()
@@ -691,8 +738,10 @@ class Ledger(LedgerReads):
 
     # -- models and workers --------------------------------------------------------------------
     def register_model(self, name: str, weights_fingerprint: str, *, worker: str | None) -> None:
-        """Record the weights fingerprint ``name`` is loaded with (upsert): outputs rendered with
-        it answer new jobs as cache hits."""
+        """Record the weights fingerprint ``name`` is loaded with (upsert).
+
+        Outputs rendered with it answer new jobs as cache hits.
+        """
         if not weights_fingerprint:
             raise ValueError("weights_fingerprint must not be empty")
         with self._write() as conn:
@@ -701,8 +750,10 @@ class Ledger(LedgerReads):
 
     def worker_seen(self, name: str, *, host: str, device: str, pid: int, state: str, consecutive_failures: int = 0,
                     jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None) -> None:
-        """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now
-        (``started_at`` is set when it first appears, reports ``starting`` or a new pid)."""
+        """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now.
+
+        ``started_at`` is set when it first appears, reports ``starting`` or a new pid.
+        """
         values = q.worker_values(
             name, self._now(), host=host, device=device, pid=pid, state=state, detail=detail,
             consecutive_failures=consecutive_failures, jobs_succeeded=jobs_succeeded, jobs_failed=jobs_failed,

@@ -1,6 +1,8 @@
-"""The ledger's tables (SQLAlchemy Core): ``batches``, ``jobs``, the append-only ``events``, the
-farm's ``models`` (weights fingerprints, for cache hits) and ``workers`` (liveness), and
-``outputs`` (each stored file's integrity state: what the cache may answer from).
+"""The ledger's tables (SQLAlchemy Core).
+
+``batches``, ``jobs``, the append-only ``events``, the farm's ``models`` (weights fingerprints,
+for cache hits) and ``workers`` (liveness), and ``outputs`` (each stored file's integrity state:
+what the cache may answer from).
 
 This metadata is what Alembic compares the migrated database against (``farm db check`` and the
 migration tests): a change here needs a migration in ``migrations/versions``.

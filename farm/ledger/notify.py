@@ -42,8 +42,10 @@ class DoneListener:
         return self._conn is not None
 
     def wait(self, pending: set[str], timeout_s: float) -> bool:
-        """Wait until every id in ``pending`` was announced (each announced id is removed from
-        the set) or ``timeout_s`` passed; True when the set became empty."""
+        """Wait until every id in ``pending`` was announced or ``timeout_s`` passed.
+
+        Each announced id is removed from the set; True when the set became empty.
+        """
         if not pending:
             return True
         if self._conn is None:
@@ -62,6 +64,7 @@ class DoneListener:
         return True
 
     def close(self) -> None:
+        """Close the listening connection, if any."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -1,5 +1,7 @@
-"""The ledger's ``outputs`` queries: recording a written file, marking what a check found, and
-the join that keeps cache hits to outputs in state ``ok``.
+"""The ledger's ``outputs`` queries.
+
+Recording a written file, marking what a check found, and the join that keeps cache hits to
+outputs in state ``ok``.
 
 Plain functions over a :class:`~sqlalchemy.engine.Connection` inside the caller's transaction;
 only :class:`farm.ledger.manager.Ledger` calls them. A change of an output's state appends one
@@ -30,8 +32,11 @@ OK = "ok"
 
 def record_written(conn: Connection, *, uri: str, file_sha256: str, frames_sha256: str | None,
                    size_bytes: int | None, now: datetime) -> None:
-    """A writer stored (or found intact) this file: state ``ok``, verified now. An output that was
-    missing or corrupt is thereby restored (an ``output-ok`` event on the jobs pointing at it)."""
+    """A writer stored (or found intact) this file: state ``ok``, verified now.
+
+    An output that was missing or corrupt is thereby restored (an ``output-ok`` event on the jobs
+    pointing at it).
+    """
     before = get(conn, uri)
     values = {
         "uri": uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256, "size_bytes": size_bytes,
@@ -43,11 +48,13 @@ def record_written(conn: Connection, *, uri: str, file_sha256: str, frames_sha25
 
 
 def get(conn: Connection, uri: str) -> OutputRecord | None:
+    """The ``outputs`` row of ``uri``, or None."""
     row = conn.execute(select(outputs).where(outputs.c.uri == uri)).mappings().first()
     return None if row is None else OutputRecord.from_row(row)
 
 
 def by_uri(conn: Connection, uris: Iterable[str]) -> dict[str, OutputRecord]:
+    """The ``outputs`` rows of ``uris`` that exist, by URI."""
     found: dict[str, OutputRecord] = {}
     for part in chunks(sorted(set(uris))):
         for row in conn.execute(select(outputs).where(outputs.c.uri.in_(part))).mappings():
@@ -56,9 +63,11 @@ def by_uri(conn: Connection, uris: Iterable[str]) -> dict[str, OutputRecord]:
 
 
 def mark(conn: Connection, marks: Sequence[OutputMark], now: datetime) -> list[str]:
-    """Record what checks found; the URIs whose state changed (each change is an event on every
-    succeeded job that points at the output). A URI without a row gets one (an output recorded
-    before the table existed)."""
+    """Record what checks found; the URIs whose state changed.
+
+    Each change is an event on every succeeded job that points at the output. A URI without a
+    row gets one (an output recorded before the table existed).
+    """
     for m in marks:
         if m.state not in OUTPUT_STATES:
             raise ValueError(f"output state must be one of {OUTPUT_STATES}, got {m.state!r}")
@@ -101,6 +110,8 @@ def _events(conn: Connection, m: OutputMark, before: str | None, now: datetime) 
 
 
 def answerable(rows: Mapping[str, OutputRecord], output_ok: OutputFilter | None) -> set[str]:
-    """The URIs among ``rows`` (state ``ok``) the cache may answer from: all of them, or those
-    ``output_ok`` vouches for."""
+    """The URIs among ``rows`` (state ``ok``) the cache may answer from.
+
+    All of them, or those ``output_ok`` vouches for.
+    """
     return {uri for uri, rec in rows.items() if rec.ok and (output_ok is None or output_ok(rec))}

@@ -1,5 +1,7 @@
-"""The farm's set-wise ledger queries: dedup of new jobs, the enqueue backlog, claiming compatible
-jobs, followers, and the ``workers`` / ``models`` upserts.
+"""The farm's set-wise ledger queries.
+
+Dedup of new jobs, the enqueue backlog, claiming compatible jobs, followers, and the ``workers`` /
+``models`` upserts.
 
 Plain functions over a :class:`~sqlalchemy.engine.Connection` inside the caller's transaction.
 Only :class:`farm.ledger.manager.Ledger` calls them (it stays the one public door); none of them
@@ -59,13 +61,16 @@ T = TypeVar("T")
 
 
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items``, at most ``size`` long each."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def lock_dedup(conn: Connection, *, shared: bool = False) -> None:
-    """Take the dedup lock for the rest of the transaction (Postgres; SQLite's write transaction
-    is already exclusive). Producers take it exclusive; follower resolution takes it shared."""
+    """Take the dedup lock for the rest of the transaction (Postgres; SQLite's write transaction is already exclusive).
+
+    Producers take it exclusive; follower resolution takes it shared.
+    """
     if conn.dialect.name != "postgresql":
         return
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
@@ -114,54 +119,14 @@ def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob],
 
     Only outputs in state ``ok`` answer cache hits, and, with ``output_ok``, only those it vouches
     for (a producer's quick look at the file); the others leave the job to a worker, which checks
-    the file thoroughly before answering from it."""
+    the file thoroughly before answering from it.
+    """
     keys = sorted({j.job_key for j in new_jobs if not j.no_cache})
     if not keys:
         return [NEW] * len(new_jobs)
-    model_names = sorted({j.model_name for j in new_jobs if not j.no_cache})
-    query_models = select(models.c.name, models.c.weights_fingerprint).where(models.c.name.in_(model_names))
-    fingerprints: dict[str, str] = {name: fp for name, fp in conn.execute(query_models)}
-    originals: dict[tuple[str, str], dict[str, Any]] = {}
-    if fingerprints:
-        wanted = set(fingerprints.values())
-        # Rendered jobs before cache hits (the root output), then the most recent.
-        order = [case((jobs.c.cache_of_job_id.is_(None), 0), else_=1), jobs.c.finished_at.desc(), jobs.c.id]
-        columns = [jobs.c.id, jobs.c.job_key, *(jobs.c[name] for name in OUTPUT_COLUMNS), *output_columns()]
-        vouched: dict[str, bool] = {}
-        for part in chunks(keys):
-            query = (
-                select(*columns)
-                .join(outputs, outputs.c.uri == jobs.c.output_uri)
-                .where(
-                    jobs.c.job_key.in_(part),
-                    jobs.c.status == JobStatus.SUCCEEDED.value,
-                    jobs.c.weights_fingerprint.in_(wanted),
-                    outputs.c.state == "ok",
-                )
-                .order_by(*order)
-            )
-            for row in conn.execute(query).mappings():
-                found = (row["job_key"], row["weights_fingerprint"])
-                if found in originals:
-                    continue
-                uri = row["output_uri"]
-                if uri not in vouched:
-                    vouched[uri] = output_ok is None or output_ok(output_record(row))
-                if vouched[uri]:
-                    originals[found] = {name: row[name] for name in ("id", "job_key", *OUTPUT_COLUMNS)}
-    leaders: dict[str, str] = {}
-    for part in chunks(keys):
-        query = (
-            select(jobs.c.id, jobs.c.job_key)
-            .where(
-                jobs.c.job_key.in_(part),
-                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-                jobs.c.cache_of_job_id.is_(None),
-            )
-            .order_by(jobs.c.created_at, jobs.c.id)
-        )
-        for job_id, job_key in conn.execute(query):
-            leaders.setdefault(job_key, job_id)
+    fingerprints = _weights_fingerprints(conn, new_jobs)
+    originals = _cache_originals(conn, keys, set(fingerprints.values()), output_ok) if fingerprints else {}
+    leaders = _active_leaders(conn, keys)
 
     plan: list[Decision] = []
     for job in new_jobs:
@@ -181,6 +146,67 @@ def plan_dedup(conn: Connection, new_jobs: Sequence[NewJob],
     return plan
 
 
+def _weights_fingerprints(conn: Connection, new_jobs: Sequence[NewJob]) -> dict[str, str]:
+    """The registered weights fingerprint of each model the cacheable new jobs name (when it has one)."""
+    model_names = sorted({j.model_name for j in new_jobs if not j.no_cache})
+    query_models = select(models.c.name, models.c.weights_fingerprint).where(models.c.name.in_(model_names))
+    return {name: fp for name, fp in conn.execute(query_models)}
+
+
+def _cache_originals(conn: Connection, keys: Sequence[str], wanted: set[str],
+                     output_ok: Callable[[OutputRecord], bool] | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """The job that answers a cache hit, by ``(job_key, weights fingerprint)``.
+
+    Succeeded, rendered with one of the ``wanted`` fingerprints, its output ``ok`` (and vouched for
+    by ``output_ok``).
+    """
+    originals: dict[tuple[str, str], dict[str, Any]] = {}
+    # Rendered jobs before cache hits (the root output), then the most recent.
+    order = [case((jobs.c.cache_of_job_id.is_(None), 0), else_=1), jobs.c.finished_at.desc(), jobs.c.id]
+    columns = [jobs.c.id, jobs.c.job_key, *(jobs.c[name] for name in OUTPUT_COLUMNS), *output_columns()]
+    vouched: dict[str, bool] = {}
+    for part in chunks(keys):
+        query = (
+            select(*columns)
+            .join(outputs, outputs.c.uri == jobs.c.output_uri)
+            .where(
+                jobs.c.job_key.in_(part),
+                jobs.c.status == JobStatus.SUCCEEDED.value,
+                jobs.c.weights_fingerprint.in_(wanted),
+                outputs.c.state == "ok",
+            )
+            .order_by(*order)
+        )
+        for row in conn.execute(query).mappings():
+            found = (row["job_key"], row["weights_fingerprint"])
+            if found in originals:
+                continue
+            uri = row["output_uri"]
+            if uri not in vouched:
+                vouched[uri] = output_ok is None or output_ok(output_record(row))
+            if vouched[uri]:
+                originals[found] = {name: row[name] for name in ("id", "job_key", *OUTPUT_COLUMNS)}
+    return originals
+
+
+def _active_leaders(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """The leader of each key: its oldest queued or running non-follower job in the ledger."""
+    leaders: dict[str, str] = {}
+    for part in chunks(keys):
+        query = (
+            select(jobs.c.id, jobs.c.job_key)
+            .where(
+                jobs.c.job_key.in_(part),
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                jobs.c.cache_of_job_id.is_(None),
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+        )
+        for job_id, job_key in conn.execute(query):
+            leaders.setdefault(job_key, job_id)
+    return leaders
+
+
 def output_columns() -> list[Any]:
     """The ``outputs`` columns, labelled ``out_<name>`` (for joins with ``jobs``)."""
     return [column.label(f"out_{column.name}") for column in outputs.c]
@@ -193,10 +219,12 @@ def output_record(row: Mapping[Any, Any]) -> OutputRecord:
 
 def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime, *,
                 mark_sent: bool = False) -> None:
-    """Insert the jobs (all queued; followers with their leader) and their "created" events (COPY
-    on Postgres for large sets). ``mark_sent``: the jobs that will get a message (not followers,
-    not cache hits) are recorded as sent now — the caller sends right after the commit and clears
-    the mark of any it could not send."""
+    """Insert the jobs (all queued; followers with their leader) and their "created" events.
+
+    COPY on Postgres for large sets. ``mark_sent``: the jobs that will get a message (not
+    followers, not cache hits) are recorded as sent now — the caller sends right after the commit
+    and clears the mark of any it could not send.
+    """
     rows = []
     trail = []
     for j, decision in zip(new_jobs, plan, strict=True):
@@ -253,9 +281,11 @@ COPY_MIN_ROWS = 200
 
 
 def copy_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` (dicts with the same keys) into ``table``: Postgres ``COPY ... FROM STDIN``
-    for large sets (JSON columns as JSON text, in the caller's transaction), else one multi-row
-    INSERT."""
+    """Insert ``rows`` (dicts with the same keys) into ``table``.
+
+    Postgres ``COPY ... FROM STDIN`` for large sets (JSON columns as JSON text, in the caller's
+    transaction), else one multi-row INSERT.
+    """
     if not rows:
         return
     if conn.dialect.name != "postgresql" or len(rows) < COPY_MIN_ROWS:
@@ -303,8 +333,10 @@ def lock_statuses(conn: Connection, job_ids: Sequence[str]) -> dict[str, str]:
 
 def update_each(conn: Connection, source: JobStatus, to: JobStatus,
                 changes: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
-    """One conditional ``UPDATE jobs SET status = to, ... WHERE id = :id AND status = source`` per
-    job (executemany; every job sets the same columns). Returns how many rows matched."""
+    """One conditional ``UPDATE jobs SET status = to, ... WHERE id = :id AND status = source`` per job.
+
+    Executemany: every job sets the same columns. Returns how many rows matched.
+    """
     names = sorted(changes[0][1])
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in names}
     statement = (
@@ -324,6 +356,7 @@ def original_row(conn: Connection, job_id: str) -> dict[str, Any] | None:
 
 
 def jobs_by_id(conn: Connection, job_ids: Sequence[str]) -> list[RowMapping]:
+    """The ``jobs`` rows with these ids (unknown ids are left out; any order)."""
     found: list[RowMapping] = []
     for part in chunks(list(job_ids)):
         found.extend(conn.execute(select(jobs).where(jobs.c.id.in_(part))).mappings())
@@ -354,8 +387,10 @@ def follower_ids(conn: Connection, leader_id: str) -> list[str]:
 
 
 def release_followers(conn: Connection, leader_id: str, *, leader_status: JobStatus, now: datetime) -> list[str]:
-    """Make the queued followers of a failed or cancelled leader normal jobs again
-    (``cache_of_job_id`` and ``enqueued_at`` NULL: the reaper enqueues them); one event each."""
+    """Make the queued followers of a failed or cancelled leader normal jobs again.
+
+    ``cache_of_job_id`` and ``enqueued_at`` NULL: the reaper enqueues them; one event each.
+    """
     released = follower_ids(conn, leader_id)
     if not released:
         return []
@@ -399,8 +434,11 @@ def to_enqueue(
     limit: int | None,
     lost_before: Mapping[str, datetime] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(id, priority)`` of queued non-follower jobs never sent, sent before ``stale_before``, or
-    (``lost_before``: priority -> time) of that priority and sent before that time."""
+    """``(id, priority)`` of queued non-follower jobs whose message is due again.
+
+    Those never sent, sent before ``stale_before``, or (``lost_before``: priority -> time) of that
+    priority and sent before that time.
+    """
     conditions: list[ColumnElement[bool]] = [
         jobs.c.status == JobStatus.QUEUED.value,
         jobs.c.cache_of_job_id.is_(None),
@@ -436,9 +474,11 @@ DONE_CHANNEL = "farm_job_done"
 
 
 def notify_done(conn: Connection, job_ids: Sequence[str]) -> None:
-    """Announce, when the transaction commits, that these jobs reached a final status (Postgres
-    ``NOTIFY``; delivered only on commit, never for a rolled-back change). SQLite: nothing (waiters
-    poll)."""
+    """Announce, when the transaction commits, that these jobs reached a final status.
+
+    Postgres ``NOTIFY``: delivered only on commit, never for a rolled-back change. SQLite: nothing
+    (waiters poll).
+    """
     if conn.dialect.name != "postgresql" or not job_ids:
         return
     for part in chunks(list(job_ids)):
@@ -454,8 +494,10 @@ def unmark_enqueued(conn: Connection, job_ids: Sequence[str]) -> None:
 
 
 def unconfirmed(conn: Connection, batch_id: str) -> list[tuple[str, str, int]]:
-    """``(id, priority, batch_index)`` of the batch's queued non-follower jobs whose message is not
-    confirmed sent: never sent, or after the batch's ``sent_through`` (in batch order)."""
+    """``(id, priority, batch_index)`` of the batch's queued non-follower jobs whose message is not confirmed sent.
+
+    Never sent, or after the batch's ``sent_through`` (in batch order).
+    """
     through = select(batches.c.sent_through).where(batches.c.id == batch_id).scalar_subquery()
     query = (
         select(jobs.c.id, jobs.c.priority, jobs.c.batch_index)
@@ -467,6 +509,7 @@ def unconfirmed(conn: Connection, batch_id: str) -> list[tuple[str, str, int]]:
 
 
 def confirm_sent(conn: Connection, batch_id: str, through: int) -> None:
+    """Raise the batch's ``sent_through`` to ``through`` (never lower it)."""
     conn.execute(update(batches).where(batches.c.id == batch_id, batches.c.sent_through < through)
                  .values(sent_through=through))
 
@@ -480,13 +523,16 @@ def stalled_batches(conn: Connection, before: datetime, limit: int) -> list[str]
 
 
 def mark_enqueued(conn: Connection, job_ids: Sequence[str], now: datetime) -> None:
+    """Record the jobs as sent at ``now`` (``enqueued_at``)."""
     for part in chunks(list(job_ids)):
         conn.execute(update(jobs).where(jobs.c.id.in_(part)).values(enqueued_at=now))
 
 
 def claimable_ids(conn: Connection, compat_key: str, *, limit: int, priority: str | None) -> list[str]:
-    """Up to ``limit`` queued non-follower jobs with this compat key, in queue order, locked for
-    this transaction (Postgres: rows other claimers hold are skipped)."""
+    """Up to ``limit`` queued non-follower jobs with this compat key, in queue order, locked for this transaction.
+
+    Postgres: rows other claimers hold are skipped.
+    """
     query = select(jobs.c.id).where(
         jobs.c.status == JobStatus.QUEUED.value,
         jobs.c.compat_key == compat_key,
@@ -514,8 +560,10 @@ def upsert(conn: Connection, table: Any, values: Mapping[str, Any], key: str,
 
 
 def upsert_worker(conn: Connection, values: Mapping[str, Any]) -> None:
-    """Insert the worker or update every given field and ``last_seen_at``. ``started_at`` is kept
-    unless the worker reports ``starting`` or a new pid (a restart)."""
+    """Insert the worker or update every given field and ``last_seen_at``.
+
+    ``started_at`` is kept unless the worker reports ``starting`` or a new pid (a restart).
+    """
     table = workers
     changed: dict[str, Any] = {name: value for name, value in values.items() if name != "name"}
     if values["state"] != "starting":
@@ -525,6 +573,7 @@ def upsert_worker(conn: Connection, values: Mapping[str, Any]) -> None:
 
 
 def upsert_model(conn: Connection, values: Mapping[str, Any]) -> None:
+    """Insert the ``models`` row, or update every given field of the existing one."""
     changed = {name: value for name, value in values.items() if name != "name"}
     upsert(conn, models, values, "name", changed)
 

@@ -1,6 +1,9 @@
-"""The ledger gateway's reads: jobs, batches, events, outputs, workers, the enqueue backlog, the
-pace of a group and the done-listener. :class:`farm.ledger.manager.Ledger` inherits them: every
-read of the ledger still goes through that one gateway."""
+"""The ledger gateway's reads.
+
+Jobs, batches, events, outputs, workers, the enqueue backlog, the pace of a group and the
+done-listener. :class:`farm.ledger.manager.Ledger` inherits them: every read of the ledger still
+goes through that one gateway.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class LedgerReads(LedgerBase):
     """Reading the ledger (see the module docstring)."""
 
     def get_job(self, job_id: str) -> JobRecord:
+        """The job ``job_id``; :class:`JobNotFound` when there is none."""
         with self._read() as conn:
             return self._job(conn, job_id)
 
@@ -56,8 +60,11 @@ class LedgerReads(LedgerBase):
         offset: int = 0,
         starred: bool | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first (ties by id), optionally of one batch, one status and/or only the
-        starred (``starred=True``) or only the unstarred (``starred=False``) ones."""
+        """Jobs, newest first (ties by id).
+
+        Optionally of one batch, one status and/or only the starred (``starred=True``) or only
+        the unstarred (``starred=False``) ones.
+        """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         query = select(jobs)
@@ -72,6 +79,7 @@ class LedgerReads(LedgerBase):
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
 
     def get_batch(self, batch_id: str) -> BatchRecord:
+        """The batch ``batch_id``; :class:`BatchNotFound` when there is none."""
         with self._read() as conn:
             row = conn.execute(select(batches).where(batches.c.id == batch_id)).mappings().first()
         if row is None:
@@ -79,6 +87,7 @@ class LedgerReads(LedgerBase):
         return BatchRecord.from_row(row)
 
     def find_batch_by_digest(self, manifest_digest: str) -> BatchRecord | None:
+        """The batch made from the manifest with this digest, or None."""
         with self._read() as conn:
             query = select(batches).where(batches.c.manifest_digest == manifest_digest)
             row = conn.execute(query).mappings().first()
@@ -98,8 +107,10 @@ class LedgerReads(LedgerBase):
         return {s: found.get(s, 0) for s in JobStatus}
 
     def listen(self) -> DoneListener:
-        """A :class:`~farm.ledger.notify.DoneListener` on this ledger (start it before reading the
-        statuses you wait on)."""
+        """A :class:`~farm.ledger.notify.DoneListener` on this ledger.
+
+        Start it before reading the statuses you wait on.
+        """
         if self.backend != "postgresql":
             return DoneListener(None)
         with self._guard():
@@ -134,9 +145,11 @@ class LedgerReads(LedgerBase):
     def find_cache_original(
         self, job_key: str, weights_fingerprint: str | None = None
     ) -> tuple[JobRecord, OutputRecord] | None:
-        """The most recently finished succeeded job with this key (and these weights, if given)
-        whose output is in state ``ok``, with that output's record: what a cache hit may answer
-        from (after checking the file)."""
+        """The succeeded job a cache hit may answer from, with its output's record.
+
+        The most recently finished succeeded job with this key (and these weights, if given)
+        whose output is in state ``ok``; a cache hit answers from it after checking the file.
+        """
         query = (
             select(jobs, *q.output_columns())
             .join(outputs, outputs.c.uri == jobs.c.output_uri)
@@ -155,6 +168,7 @@ class LedgerReads(LedgerBase):
             return o.get(conn, uri)
 
     def outputs_of(self, uris: Sequence[str]) -> dict[str, OutputRecord]:
+        """The ``outputs`` rows of ``uris`` that exist, by URI."""
         with self._read() as conn:
             return o.by_uri(conn, uris)
 
@@ -169,6 +183,7 @@ class LedgerReads(LedgerBase):
             return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]
 
     def model_fingerprint(self, name: str) -> str | None:
+        """The weights fingerprint recorded for model ``name``, or None."""
         with self._read() as conn:
             query = select(models.c.weights_fingerprint).where(models.c.name == name)
             return conn.execute(query).scalar_one_or_none()
@@ -176,9 +191,12 @@ class LedgerReads(LedgerBase):
     def jobs_to_enqueue(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None,
                         stale_before: datetime | None = None, limit: int | None = None,
                         lost_before: Mapping[str, datetime] | None = None) -> list[tuple[str, str]]:
-        """``(id, priority)`` of queued non-follower jobs whose ``enqueued_at`` is NULL (or older
-        than ``stale_before``, or, per priority, than ``lost_before[priority]``), optionally of one
-        batch / among ``job_ids``; interactive first, then oldest, then ``batch_index``."""
+        """``(id, priority)`` of queued non-follower jobs whose message is due.
+
+        Those whose ``enqueued_at`` is NULL (or older than ``stale_before``, or, per priority, than
+        ``lost_before[priority]``), optionally of one batch / among ``job_ids``; interactive first,
+        then oldest, then ``batch_index``.
+        """
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
         with self._read() as conn:
@@ -191,7 +209,9 @@ class LedgerReads(LedgerBase):
             return q.unconfirmed(conn, batch_id)
 
     def stalled_batches(self, before: datetime, limit: int = 100) -> list[str]:
-        """Batches created before ``before`` whose messages are not all confirmed sent (their
-        producer died while sending, or the broker went away)."""
+        """Batches created before ``before`` whose messages are not all confirmed sent.
+
+        Their producer died while sending, or the broker went away.
+        """
         with self._read() as conn:
             return q.stalled_batches(conn, before, limit)

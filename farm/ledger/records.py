@@ -145,6 +145,7 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
+        """The record of a ``jobs`` row."""
         data = {f.name: row[f.name] for f in fields(cls)}
         data["status"] = JobStatus(data["status"])
         data["starred"] = bool(data["starred"])
@@ -154,12 +155,16 @@ class JobRecord:
 
     @property
     def terminal(self) -> bool:
+        """True when the job's status is final (succeeded, failed or cancelled)."""
         return self.status.terminal
 
     @property
     def follower(self) -> bool:
-        """Queued behind a leader with the same job key (``cache_of_job_id``): never enqueued or
-        claimed; answered when the leader succeeds, released when it fails or is cancelled."""
+        """Queued behind a leader with the same job key (``cache_of_job_id``).
+
+        Never enqueued or claimed; answered when the leader succeeds, released when it fails or
+        is cancelled.
+        """
         return self.status is JobStatus.QUEUED and self.cache_of_job_id is not None
 
     @property
@@ -172,11 +177,14 @@ class JobRecord:
         return spec_from_canonical(self.params)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601, the status as text)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass(frozen=True)
 class BatchRecord:
+    """One row of the ``batches`` table."""
+
     id: str
     manifest_digest: str
     name: str
@@ -188,9 +196,11 @@ class BatchRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BatchRecord:
+        """The record of a ``batches`` row."""
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -209,12 +219,14 @@ class EventRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> EventRecord:
+        """The record of an ``events`` row."""
         data = {f.name: row[f.name] for f in fields(cls)}
         data["from_status"] = None if data["from_status"] is None else JobStatus(data["from_status"])
         data["to_status"] = JobStatus(data["to_status"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601, statuses as text)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -236,9 +248,11 @@ class WorkerRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> WorkerRecord:
+        """The record of a ``workers`` row."""
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -253,9 +267,11 @@ class ModelRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ModelRecord:
+        """The record of a ``models`` row."""
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -274,13 +290,16 @@ class OutputRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> OutputRecord:
+        """The record of an ``outputs`` row."""
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @property
     def ok(self) -> bool:
+        """True when the output is in state ``ok`` (the cache may answer from it)."""
         return self.state == "ok"
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (times in ISO 8601)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
 

@@ -25,6 +25,8 @@ RECENT_LIMIT = 2_000
 
 @dataclass
 class WorkerRow:
+    """A recently seen worker, as the metrics show it."""
+
     name: str
     device: str
     state: str
@@ -44,8 +46,10 @@ class LedgerSnapshot:
 
 
 def snapshot(conn: Connection, now: datetime) -> LedgerSnapshot:
-    """Job counts by status and priority, the oldest queued job per priority, recently seen
-    workers, and recent render times per model (cache hits excluded)."""
+    """Job counts by status and priority, the oldest queued job per priority, and recently seen workers.
+
+    Also recent render times per model (cache hits excluded).
+    """
     snap = LedgerSnapshot(now=now)
     c = jobs.c
     counts = select(c.status, c.priority, func.count()).group_by(c.status, c.priority)
@@ -81,8 +85,10 @@ def snapshot(conn: Connection, now: datetime) -> LedgerSnapshot:
 
 @dataclass(frozen=True)
 class Pace:
-    """How a group of jobs (a batch, or a list of ids) is going: what ``farm status``/``wait``
-    compute progress and an ETA from."""
+    """How a group of jobs (a batch, or a list of ids) is going.
+
+    What ``farm status``/``wait`` compute progress and an ETA from.
+    """
 
     counts: dict[str, int]
     #: Sum of the progress (0..1) of the running jobs.

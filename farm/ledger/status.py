@@ -1,5 +1,7 @@
-"""The job status machine: the statuses (their values are the strings stored in the ledger) and
-the transitions between them.
+"""The job status machine.
+
+The statuses (their values are the strings stored in the ledger) and the transitions between
+them.
 
 ::
 
@@ -25,6 +27,8 @@ from farm.kinds import Priority, WorkerState, values
 
 
 class JobStatus(StrEnum):
+    """The status of a job (the value is what the ledger stores)."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -33,6 +37,7 @@ class JobStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """True for the final statuses: succeeded, failed, cancelled."""
         return self in TERMINAL
 
 

@@ -24,6 +24,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The value to store: in UTC (naive on SQLite); a naive datetime or a non-datetime is refused."""
         if value is None:
             return None
         if not isinstance(value, datetime):
@@ -36,6 +37,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The stored value as an aware UTC datetime (SQLite gives naive UTC ones back)."""
         if value is None:
             return None
         if value.tzinfo is None:

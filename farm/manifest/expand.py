@@ -97,6 +97,8 @@ class ExpandedJob:
 
 @dataclass(frozen=True)
 class BatchStats:
+    """What an expansion holds: items, jobs, and the distinct prompts, seeds, variants, models and strategies."""
+
     items: int
     jobs: int
     #: Distinct normalised prompts.
@@ -109,6 +111,7 @@ class BatchStats:
     seed_strategies: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as a JSON-ready dict."""
         return {
             "items": self.items,
             "jobs": self.jobs,
@@ -135,24 +138,30 @@ class ExpandedBatch:
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
     @property
     def specs(self) -> list[RenderSpec]:
+        """The jobs' render specs, in expansion order."""
         return [j.spec for j in self.jobs]
 
     @property
     def job_keys(self) -> list[str]:
+        """The jobs' keys, in expansion order."""
         return [j.job_key for j in self.jobs]
 
     def error(self) -> ManifestError:
+        """The :class:`ManifestError` carrying every problem found."""
         return ManifestError(self.problems)
 
     def raise_for_problems(self) -> None:
+        """Raise :meth:`error` when any problem was found."""
         if self.problems:
             raise self.error()
 
     def summary(self) -> dict[str, Any]:
+        """What ``farm validate`` reports: source, name, digest, validity, counts and problems."""
         return {
             "source": self.source,
             "name": self.name,
@@ -425,6 +434,27 @@ class _Expander:
             )
             return None
         before = len(self.issues)
+        prompts, from_list = self.item_prompts(item, path)
+        selection = self.seeds.selection(item, path, has_pool)
+        own = self.fields(item, path, "", is_item=True)
+        item_axes = self.axes(item.get("variants"), (*path, "variants"), "variants.", probe=False)
+        if own is None or item_axes is None or selection is None or len(self.issues) > before:
+            return None
+        axes, axis_keys = self.item_axes(path, own, item_axes, top_axes)
+        if len(self.issues) > before:
+            return None
+        base = dict(defaults)
+        if isinstance(defaults.get("tags"), dict) and isinstance(own.get("tags"), dict):
+            own = {**own, "tags": {**defaults["tags"], **own["tags"]}}
+        base.update(own)
+        combos = self.combos(path, axes)
+        if combos is None:
+            return None
+        own_keys = frozenset(str(k) for k in item)
+        return _Plan(index, prompts, from_list, selection, base, combos, own_keys, axis_keys)
+
+    def item_prompts(self, item: dict[Any, Any], path: ContentPath) -> tuple[list[str], bool]:
+        """The item's prompts (``prompt:`` or ``prompts:``), and whether they come from a list."""
         prompts: list[str] = []
         from_list = False
         if "prompt" in item and "prompts" in item:
@@ -454,11 +484,16 @@ class _Expander:
                         )
         else:
             self.add(path, "prompt", "required", "every item needs prompt: or prompts: [...]")
-        selection = self.seeds.selection(item, path, has_pool)
-        own = self.fields(item, path, "", is_item=True)
-        item_axes = self.axes(item.get("variants"), (*path, "variants"), "variants.", probe=False)
-        if own is None or item_axes is None or selection is None or len(self.issues) > before:
-            return None
+        return prompts, from_list
+
+    def item_axes(
+        self, path: ContentPath, own: dict[str, Any], item_axes: dict[str, Axis], top_axes: dict[str, Axis]
+    ) -> tuple[list[Axis], dict[str, str]]:
+        """The item's axes and the axis key of each field they vary.
+
+        Its own axes, then the top-level ones it does not cover. A field set both directly and by
+        an axis is an issue.
+        """
         direct = frozenset(own) - {"tags"}
         axis_keys: dict[str, str] = {}
         for axis in item_axes.values():
@@ -485,12 +520,10 @@ class _Expander:
                     f"variant {axis.key} ({', '.join(sorted(axis.fields))})",
                 )
             axes.append(axis)
-        if len(self.issues) > before:
-            return None
-        base = dict(defaults)
-        if isinstance(defaults.get("tags"), dict) and isinstance(own.get("tags"), dict):
-            own = {**own, "tags": {**defaults["tags"], **own["tags"]}}
-        base.update(own)
+        return axes, axis_keys
+
+    def combos(self, path: ContentPath, axes: list[Axis]) -> list[dict[str, Any]] | None:
+        """Every combination of the axes' values (axes in key order); None past the job limit."""
         combos: list[dict[str, Any]] = [{}]
         for axis in sorted(axes, key=lambda a: a.key):
             combos = [{**c, **v} for c in combos for v in axis.values]
@@ -502,8 +535,7 @@ class _Expander:
                     f"the variants alone make more than {MAX_JOBS_PER_MANIFEST} combinations",
                 )
                 return None
-        own_keys = frozenset(str(k) for k in item)
-        return _Plan(index, prompts, from_list, selection, base, combos, own_keys, axis_keys)
+        return combos
 
     # -- pass 2: jobs ---------------------------------------------------------------------------
     def spec_problem(self, plan: _Plan, j: int, p: Problem, seen: set[tuple[str, str, str]]) -> None:

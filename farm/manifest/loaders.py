@@ -16,7 +16,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,13 +35,19 @@ from farm.manifest.model import (
 
 # -- YAML --------------------------------------------------------------------------------------
 
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:  # (the stubs' CSafeLoader and SafeLoader are distinct classes with the same interface)
+    _BaseLoader = yaml.SafeLoader
+else:
+    _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 class ManifestYamlLoader(_BaseLoader):
-    """Safe loader (libyaml's when available) that keeps dates as text (``name: 2026-11-21``
-    stays a string) and records duplicate mapping keys instead of silently keeping the last."""
+    """Safe loader (libyaml's when available) that keeps dates as text and records duplicate mapping keys.
+
+    ``name: 2026-11-21`` stays a string; a duplicate key is recorded instead of silently
+    keeping the last.
+    """
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP_TAG]
@@ -53,6 +59,7 @@ class ManifestYamlLoader(_BaseLoader):
         self.duplicate_keys: list[tuple[str, int]] = []
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """The mapping of ``node``, its repeated keys recorded in ``duplicate_keys`` with their lines."""
         if len(node.value) > 1:
             seen: set[str] = set()
             for key_node, _ in node.value:
@@ -74,8 +81,10 @@ class _TooDeep(Exception):
 
 
 def measure(data: Any) -> tuple[int, int]:
-    """(values, depth) of parsed content, each shared (aliased) container counted every time it
-    appears. Linear in the distinct containers; never recurses deeper than :data:`MAX_NESTING`."""
+    """(values, depth) of parsed content, each shared (aliased) container counted every time it appears.
+
+    Linear in the distinct containers; never recurses deeper than :data:`MAX_NESTING`.
+    """
     memo: dict[int, tuple[int, int]] = {}
 
     def walk(value: Any, level: int) -> tuple[int, int]:
@@ -159,61 +168,26 @@ def _read_jsonl(text: str, source: str) -> Manifest:
     item_lines: list[int] = []
     issues: list[Issue] = []
     header_line: int | None = None
-    duplicates: list[str] = []
     skip: set[int] = set()
-
-    def pairs(kv: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(kv)
-        if len(out) != len(kv):
-            duplicates.extend(k for k, n in Counter(k for k, _ in kv).items() if n > 1)
-        return out
-
     first = True
     # split on \n only: str.splitlines would also split inside strings at U+2028 and friends
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line:
             continue
-        error: str | None = None
-        rule = "json_syntax"
-        try:
-            obj = json.loads(line, object_pairs_hook=pairs)
-        except json.JSONDecodeError as exc:
-            error = f"not valid JSON: {exc.msg} (column {exc.colno})"
-        except RecursionError:
-            error, rule = f"is nested deeper than {MAX_NESTING} levels", "max_size"
-        else:
-            error, rule = _size_problem(obj), "max_size"
-        if error is not None:
-            duplicates.clear()
-            is_header = False
-        else:
-            is_header = first and isinstance(obj, dict) and "prompt" not in obj and "prompts" not in obj
+        obj, error, rule, duplicates = _parse_jsonl_line(line)
+        is_header = error is None and first and isinstance(obj, dict) and "prompt" not in obj and "prompts" not in obj
         first = False
         path: tuple[str | int, ...] = () if is_header else ("items", len(items))
         for key in duplicates:
             issues.append(Issue(path, key, "duplicate_key", "appears twice in the same object", lineno))
-        duplicates.clear()
         if error is not None:
             issues.append(Issue(path, "manifest", rule, error, lineno))
             skip.add(len(items))
             obj = None
         elif is_header:
             header_line = lineno
-            for key, value in obj.items():
-                if key in HEADER_KEYS:
-                    content[key] = value
-                else:
-                    issues.append(
-                        Issue(
-                            (),
-                            key,
-                            "unknown_field",
-                            "is not a header key (the first line has no prompt/prompts, so it is read as the "
-                            f"header; header keys: {', '.join(HEADER_KEYS)})",
-                            lineno,
-                        )
-                    )
+            _read_jsonl_header(obj, lineno, content, issues)
             continue
         items.append(obj)
         item_lines.append(lineno)
@@ -221,6 +195,50 @@ def _read_jsonl(text: str, source: str) -> Manifest:
         raise ManifestError.one("manifest", "not_empty", "the manifest is empty", source)
     content["items"] = items
     return Manifest(source, "jsonl", content, issues, LineLocator(source, item_lines, header_line), skip)
+
+
+def _parse_jsonl_line(line: str) -> tuple[Any, str | None, str, list[str]]:
+    """(value, error, rule, duplicate keys) of one JSONL line; no duplicate keys when it has an error."""
+    duplicates: list[str] = []
+
+    def pairs(kv: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(kv)
+        if len(out) != len(kv):
+            duplicates.extend(k for k, n in Counter(k for k, _ in kv).items() if n > 1)
+        return out
+
+    obj: Any = None
+    error: str | None = None
+    rule = "json_syntax"
+    try:
+        obj = json.loads(line, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        error = f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        error, rule = f"is nested deeper than {MAX_NESTING} levels", "max_size"
+    else:
+        error, rule = _size_problem(obj), "max_size"
+    if error is not None:
+        duplicates.clear()
+    return obj, error, rule, duplicates
+
+
+def _read_jsonl_header(header: dict[str, Any], lineno: int, content: dict[str, Any], issues: list[Issue]) -> None:
+    """Copy the header line's keys into ``content``; an unknown key is an issue."""
+    for key, value in header.items():
+        if key in HEADER_KEYS:
+            content[key] = value
+        else:
+            issues.append(
+                Issue(
+                    (),
+                    key,
+                    "unknown_field",
+                    "is not a header key (the first line has no prompt/prompts, so it is read as the "
+                    f"header; header keys: {', '.join(HEADER_KEYS)})",
+                    lineno,
+                )
+            )
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -280,6 +298,40 @@ def _read_csv(text: str, source: str) -> Manifest:
     if "prompt" not in columns:
         raise ManifestError.one("prompt", "required", "the header row must have a prompt column", header_loc)
     issues: list[Issue] = []
+    usable, unnamed = _csv_columns(columns, issues)
+    items: list[Any] = []
+    item_lines: list[int] = []
+    skip: set[int] = set()
+    width = len(columns)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            issues.append(Issue((), "manifest", "csv_syntax", f"not valid CSV: {exc}", start))
+            break
+        if not any(cell.strip() for cell in row):
+            continue
+        here = ("items", len(items))
+        if len(row) > width:
+            issues.append(
+                Issue(here, "manifest", "csv_cells", f"has {len(row)} cells, the header has {width}", start)
+            )
+        item, broken = _csv_item(row, usable, unnamed, here, start, issues)
+        if broken:
+            skip.add(len(items))
+        items.append(item)
+        item_lines.append(start)
+    return Manifest(source, "csv", {"items": items}, issues, LineLocator(source, item_lines, 1), skip)
+
+
+def _csv_columns(columns: list[str], issues: list[Issue]) -> tuple[list[tuple[int, str]], list[int]]:
+    """The header's usable columns as (cell index, column), and the indexes of its unnamed ones.
+
+    A repeated or unknown column is an issue.
+    """
     usable: list[tuple[int, str]] = []  # (cell index, column)
     unnamed: list[int] = []
     seen: set[str] = set()
@@ -302,66 +354,54 @@ def _read_csv(text: str, source: str) -> Manifest:
                     1,
                 )
             )
-    items: list[Any] = []
-    item_lines: list[int] = []
-    skip: set[int] = set()
-    width = len(columns)
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            issues.append(Issue((), "manifest", "csv_syntax", f"not valid CSV: {exc}", start))
-            break
-        if not any(cell.strip() for cell in row):
-            continue
-        here = ("items", len(items))
-        if len(row) > width:
+    return usable, unnamed
+
+
+def _csv_item(
+    row: list[str],
+    usable: list[tuple[int, str]],
+    unnamed: list[int],
+    here: tuple[str | int, ...],
+    start: int,
+    issues: list[Issue],
+) -> tuple[dict[str, Any], bool]:
+    """One row's item, and whether it is broken (a value in an unnamed column, a cell of the wrong type, no prompt)."""
+    item: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    broken = False
+    for index in unnamed:
+        if index < len(row) and row[index].strip():
             issues.append(
-                Issue(here, "manifest", "csv_cells", f"has {len(row)} cells, the header has {width}", start)
-            )
-        item: dict[str, Any] = {}
-        tags: dict[str, str] = {}
-        broken = False
-        for index in unnamed:
-            if index < len(row) and row[index].strip():
-                issues.append(
-                    Issue(
-                        here,
-                        f"column {index + 1}",
-                        "unknown_field",
-                        "has a value but no name in the header",
-                        start,
-                    )
+                Issue(
+                    here,
+                    f"column {index + 1}",
+                    "unknown_field",
+                    "has a value but no name in the header",
+                    start,
                 )
-                broken = True
-        for index, column in usable:
-            cell = row[index] if index < len(row) else ""
-            if not cell.strip():
-                continue
-            if column.startswith(CSV_TAG_PREFIX):
-                tags[column[len(CSV_TAG_PREFIX) :]] = cell.strip()
-                continue
-            value, error = _convert_cell(column, cell)
-            if error is None:
-                item[column] = value
-            else:
-                issues.append(Issue(here, column, "type", error, start))
-                broken = True
-        if "prompt" not in item:
-            issues.append(Issue(here, "prompt", "required", "the prompt cell is empty", start))
+            )
             broken = True
-        if "seed" not in item:
-            item["seed"] = {"from_prompt": True}
-        if tags:
-            item["tags"] = tags
-        if broken:
-            skip.add(len(items))
-        items.append(item)
-        item_lines.append(start)
-    return Manifest(source, "csv", {"items": items}, issues, LineLocator(source, item_lines, 1), skip)
+    for index, column in usable:
+        cell = row[index] if index < len(row) else ""
+        if not cell.strip():
+            continue
+        if column.startswith(CSV_TAG_PREFIX):
+            tags[column[len(CSV_TAG_PREFIX) :]] = cell.strip()
+            continue
+        value, error = _convert_cell(column, cell)
+        if error is None:
+            item[column] = value
+        else:
+            issues.append(Issue(here, column, "type", error, start))
+            broken = True
+    if "prompt" not in item:
+        issues.append(Issue(here, "prompt", "required", "the prompt cell is empty", start))
+        broken = True
+    if "seed" not in item:
+        item["seed"] = {"from_prompt": True}
+    if tags:
+        item["tags"] = tags
+    return item, broken
 
 
 # -- entry points ------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ class LineLocator:
         self.header_line = header_line
 
     def __call__(self, path: ContentPath, line: int | None) -> str:
+        """Where ``path`` (or ``line``) is: an item's line, or the header's for a header field."""
         if line is None and path:
             if path[0] == "items" and len(path) > 1 and isinstance(path[1], int):
                 if 0 <= path[1] < len(self.item_lines):
@@ -106,8 +107,11 @@ class LineLocator:
 
 
 class YamlLocator:
-    """Locations in a YAML file: composes the document (only when there is a problem to place)
-    and walks the node tree along the path, down to the deepest node that exists."""
+    """Locations in a YAML file.
+
+    Composes the document (only when there is a problem to place) and walks the node tree
+    along the path, down to the deepest node that exists.
+    """
 
     def __init__(self, source: str, text: str, loader: type[Any]) -> None:
         self.source = source
@@ -128,6 +132,7 @@ class YamlLocator:
         return self._root
 
     def line_of(self, path: ContentPath) -> int | None:
+        """The line (1-based) of the deepest node along ``path`` that exists, or None."""
         import yaml
 
         node = self._root_node()
@@ -171,6 +176,7 @@ class YamlLocator:
         return None
 
     def __call__(self, path: ContentPath, line: int | None) -> str:
+        """Where ``path`` is (its line found in the document), or the item on ``line``."""
         if line is None and path:
             line = self.line_of(path)
         elif line is not None and not path:
@@ -217,11 +223,13 @@ class Manifest:
 
     @property
     def items(self) -> list[Any]:
+        """The ``items`` list (empty when it is missing or not a list)."""
         items = self.content.get("items")
         return items if isinstance(items, list) else []
 
     @property
     def name(self) -> str | None:
+        """The manifest's ``name``, when it is text."""
         name = self.content.get("name")
         return name if isinstance(name, str) else None
 
@@ -245,11 +253,13 @@ class Manifest:
         return content_digest(self.canonical_content())
 
     def locate(self, path: ContentPath, line: int | None = None) -> str:
+        """The location of ``path`` (or ``line``) in the file, for a problem."""
         if self.locator is None:
             return describe_location(self.source, path, line)
         return self.locator(path, line)
 
     def problem(self, issue: Issue) -> Problem:
+        """The :class:`Problem` for ``issue``, located in the file."""
         return Problem(issue.field, issue.rule, issue.message, self.locate(issue.path, issue.line))
 
 

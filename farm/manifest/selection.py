@@ -36,9 +36,11 @@ class SeedSelection:
 
     @property
     def per_prompt(self) -> int:
+        """How many seeds (jobs) each prompt gets."""
         return len(self.seeds) if self.kind in ("list", "sweep") else self.count
 
     def resolve(self, prompt: str, pool: SeedPool | None, draw: Callable[[], int]) -> list[int]:
+        """The seeds of ``prompt``: listed, derived from it, drawn with ``draw``, or taken from ``pool``."""
         if self.kind in ("list", "sweep"):
             return list(self.seeds)
         if self.kind == "prompt":
@@ -60,6 +62,7 @@ class SeedSelectionReader:
         self.add = add
 
     def selection(self, item: dict[str, Any], path: ContentPath, has_pool: bool) -> SeedSelection | None:
+        """The item's selection from ``seed:`` or ``seeds:``; None (problems reported) when it is broken."""
         if "seed" in item and "seeds" in item:
             self.add((*path, "seeds"), "seeds", "one_seed_selection", "give seed or seeds, not both")
             return None
@@ -68,8 +71,10 @@ class SeedSelectionReader:
         if "seed" not in item:
             self.add(path, "seed", "required", f"every item {SEED_HELP}")
             return None
-        raw = item["seed"]
-        here = (*path, "seed")
+        return self.seed_value(item["seed"], (*path, "seed"), has_pool)
+
+    def seed_value(self, raw: Any, here: ContentPath, has_pool: bool) -> SeedSelection | None:
+        """The selection a ``seed:`` value makes: a seed, ``pool``, or a one-key strategy mapping."""
         if is_valid_seed(raw):
             return SeedSelection("explicit", "list", (raw,))
         if raw == "pool":
@@ -93,7 +98,10 @@ class SeedSelectionReader:
             )
             return None
         kind, arg = next(iter(raw.items()))
-        here = (*here, kind)
+        return self.strategy(kind, arg, (*here, kind), has_pool)
+
+    def strategy(self, kind: str, arg: Any, here: ContentPath, has_pool: bool) -> SeedSelection | None:
+        """The selection a ``seed: {<kind>: <arg>}`` mapping makes (``kind`` in SEED_SELECTION_KEYS)."""
         name = f"seed.{kind}"
         if kind == "random":
             count = self.count(arg, here, name)
@@ -106,6 +114,7 @@ class SeedSelectionReader:
         return self.sweep_selection(arg, here, name)
 
     def seed_list(self, raw: Any, here: ContentPath) -> SeedSelection | None:
+        """The selection a ``seeds:`` list makes: valid, distinct seeds, at most the job limit."""
         if not isinstance(raw, list) or not raw:
             self.add(here, "seeds", "type", "must be a non-empty list of seeds (integers in [0, 2^63-1])")
             return None
@@ -133,6 +142,7 @@ class SeedSelectionReader:
         return SeedSelection("explicit", "list", tuple(raw))
 
     def count(self, value: Any, here: ContentPath, name: str) -> int | None:
+        """``value`` if it is a whole number of seeds within the job limit, else None (a problem reported)."""
         if type(value) is int and 1 <= value <= MAX_JOBS_PER_MANIFEST:
             return value
         self.add(
@@ -144,6 +154,7 @@ class SeedSelectionReader:
         return None
 
     def pool_selection(self, count: int, here: ContentPath, has_pool: bool) -> SeedSelection | None:
+        """``count`` seeds from the manifest's ``seed_pool:``, which must exist."""
         if not has_pool:
             self.add(
                 here, "seed", "seed_pool_required", "takes seeds from seed_pool:, but the manifest has none"
@@ -152,6 +163,7 @@ class SeedSelectionReader:
         return SeedSelection("pool", "pool", count=count)
 
     def from_prompt(self, arg: Any, here: ContentPath, name: str) -> SeedSelection | None:
+        """The selection ``from_prompt: true`` or ``from_prompt: {salt: S, count: N}`` makes."""
         if arg is True:
             return SeedSelection("prompt", "prompt")
         if not isinstance(arg, dict):
@@ -176,6 +188,7 @@ class SeedSelectionReader:
         return SeedSelection("prompt", "prompt", salt=salt, count=count)
 
     def sweep_selection(self, arg: Any, here: ContentPath, name: str) -> SeedSelection | None:
+        """The selection ``sweep: {base: B, radius: R, include_base: ...}`` makes."""
         if not isinstance(arg, dict) or "base" not in arg or "radius" not in arg:
             self.add(here, name, "seed_selection", f"must be {{base: B, radius: R}}, got {short_repr(arg)}")
             return None

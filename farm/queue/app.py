@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from farm.queue.names import QUEUE_BATCH, QUEUES
 from farm.settings import Settings, get_settings
@@ -74,6 +74,12 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _queue(name: str) -> Queue:
+    """The queue ``name`` on its own direct exchange, routed by its name."""
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]  # kombu has no type hints
+    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # kombu has no type hints
+
+
 def make_app(settings: Settings) -> Celery:
     """A Celery app configured for ``settings`` (see the module docstring)."""
     if settings.broker_url is None:
@@ -105,7 +111,7 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        task_queues=[_queue(name) for name in QUEUES],
         task_default_queue=QUEUE_BATCH,
         task_create_missing_queues=False,
         task_publish_retry=True,

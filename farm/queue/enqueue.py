@@ -71,11 +71,14 @@ def retrying(
     settings: Settings, *, what: str, attempts: int | None = None, min_total_s: float | None = None,
     max_total_s: float | None = None,
 ) -> Retrying:
-    """Retry :class:`~farm.errors.TransientError` with exponential backoff (``retry_base_s``
-    doubling), jitter (up to ``retry_base_s``) and a cap (``retry_cap_s``), ``retry_count`` times
-    (or ``attempts``). With ``min_total_s``, keep retrying at least that long (recording a finished
-    render survives a ledger outage of that length); with ``max_total_s``, stop once that long has
-    passed (a producer reports back within seconds). Other errors are raised at once."""
+    """Retry :class:`~farm.errors.TransientError` with exponential backoff.
+
+    Backoff ``retry_base_s`` doubling, jitter (up to ``retry_base_s``) and a cap (``retry_cap_s``),
+    ``retry_count`` times (or ``attempts``). With ``min_total_s``, keep retrying at least that long
+    (recording a finished render survives a ledger outage of that length); with ``max_total_s``,
+    stop once that long has passed (a producer reports back within seconds). Other errors are
+    raised at once.
+    """
     count = settings.retry_count if attempts is None else attempts
     stop: stop_base = stop_after_attempt(count + 1)
     if min_total_s is not None:
@@ -108,11 +111,13 @@ def enqueue_jobs(
     max_total_s: float | None = None,
     mark: bool = True,
 ) -> int:
-    """Send one ``farm.render`` message per ``(job_id, priority)`` (jobs already committed in the
-    ledger), then mark them enqueued. Returns how many were sent. Raises
+    """Send one ``farm.render`` message per ``(job_id, priority)``, then mark them enqueued.
+
+    The jobs are already committed in the ledger. Returns how many were sent. Raises
     :class:`~farm.errors.BrokerUnavailable` when the broker stays unreachable through the retries
     (``attempts``, default ``FARM_RETRY_COUNT``; at most ``max_total_s`` seconds); the jobs sent
-    before that are marked."""
+    before that are marked.
+    """
     sent, error = send_jobs(ledger, jobs, app=app, settings=settings, attempts=attempts, max_total_s=max_total_s,
                             mark=mark)
     if error is not None:
@@ -130,9 +135,12 @@ def send_jobs(
     max_total_s: float | None = None,
     mark: bool = True,
 ) -> tuple[list[str], BrokerUnavailable | None]:
-    """:func:`enqueue_jobs` that reports instead of raising: the ids sent (and, with ``mark``,
-    marked enqueued), and the broker error that stopped it, if any. ``mark=False``: the caller
-    marked them already (in the transaction that added them)."""
+    """:func:`enqueue_jobs` that reports instead of raising.
+
+    The ids sent (and, with ``mark``, marked enqueued), and the broker error that stopped it,
+    if any. ``mark=False``: the caller marked them already (in the transaction that added
+    them).
+    """
     if not jobs:
         return [], None
     settings = settings or get_settings()
@@ -166,8 +174,11 @@ def send_jobs(
 
 
 def _sender(app: Celery, max_total_s: float | None) -> Callable[[Sequence[tuple[str, str]]], None]:
-    """How one chunk of messages goes out: straight into Redis (:mod:`farm.queue.wire`), else
-    through kombu; either way a broker error becomes :class:`~farm.errors.BrokerUnavailable`."""
+    """How one chunk of messages goes out.
+
+    Straight into Redis (:mod:`farm.queue.wire`), else through kombu; either way a broker
+    error becomes :class:`~farm.errors.BrokerUnavailable`.
+    """
     url = str(app.conf.broker_url)
     broker = redacted_url(url)
     if wire.supports(url):
@@ -256,6 +267,7 @@ class ReapReport:
     batches: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -268,17 +280,20 @@ def reap(
     limit: int | None = REAP_LIMIT,
     previous: Collection[str] | None = None,
 ) -> ReapReport:
-    """One reaper pass: ``requeue_expired()`` (expired leases: queued again with ``enqueued_at``
-    NULL, or failed ``LeaseExpired`` at the cap), then send the queued jobs whose ``enqueued_at`` is
-    NULL or older than ``FARM_REENQUEUE_AFTER_S`` — or, when their queue is empty (every message
-    in it was taken, so a job still queued lost its message: a producer died between its commit
-    and its send, a broker lost data), older than ``FARM_LOST_MESSAGE_GRACE_S``.
+    """One reaper pass.
+
+    ``requeue_expired()`` (expired leases: queued again with ``enqueued_at`` NULL, or failed
+    ``LeaseExpired`` at the cap), then send the queued jobs whose ``enqueued_at`` is NULL or older
+    than ``FARM_REENQUEUE_AFTER_S`` — or, when their queue is empty (every message in it was taken,
+    so a job still queued lost its message: a producer died between its commit and its send, a
+    broker lost data), older than ``FARM_LOST_MESSAGE_GRACE_S``.
 
     ``previous`` (a worker's periodic reaper passes its last report's ``deferred``): only jobs
     already unsent at the previous pass, or requeued by this one, are sent; the others are deferred
     one pass, so the reaper does not race a producer that is sending them. ``None`` (``farm reap``):
     send them all now. Ledger errors propagate (transient); broker errors are reported in
-    :attr:`ReapReport.error`."""
+    :attr:`ReapReport.error`.
+    """
     now = now or utcnow()
     report = ReapReport(expired=ledger.requeue_expired(now))
     stale_before = now - timedelta(seconds=settings.reenqueue_after_s)

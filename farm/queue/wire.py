@@ -50,6 +50,7 @@ _lock = threading.Lock()
 
 
 def supports(url: str) -> bool:
+    """True when ``url`` is a Redis URL (the direct path can send through it)."""
     return urlsplit(url).scheme in SCHEMES
 
 
@@ -76,8 +77,10 @@ def message(app: Celery, job_id: str, queue: str, *, origin: str) -> bytes:
 
 
 def _template(app: Celery, origin: str) -> dict[str, Any]:
-    """The parts of a message that are the same for every job, as Celery builds them (cached per
-    app and origin): headers, properties and the body's embed."""
+    """The parts of a message that are the same for every job, as Celery builds them (cached per app and origin).
+
+    Headers, properties and the body's embed.
+    """
     key = (id(app), origin)
     found = _templates.get(key)
     if found is None:
@@ -116,9 +119,11 @@ def origin_name() -> str:
 
 
 def publish(app: Celery, client: redis.Redis, jobs: Sequence[tuple[str, str]]) -> None:
-    """``LPUSH`` one message per ``(job_id, priority)`` onto the priority's queue, in pipelines of
-    :data:`PIPELINE_SIZE`. Raises redis-py's errors (the caller retries the whole call: a message
-    sent twice is harmless, the claim drops the second)."""
+    """``LPUSH`` one message per ``(job_id, priority)`` onto the priority's queue.
+
+    In pipelines of :data:`PIPELINE_SIZE`. Raises redis-py's errors (the caller retries the whole
+    call: a message sent twice is harmless, the claim drops the second).
+    """
     origin = origin_name()
     for start in range(0, len(jobs), PIPELINE_SIZE):
         pipe = client.pipeline(transaction=False)

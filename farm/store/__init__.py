@@ -1,7 +1,8 @@
-"""farm's output store: the layout, URIs and checks of rendered files (:mod:`farm.store.layout`),
-file hashing and atomic writes (:mod:`farm.store.files`), and writing renders
-(:mod:`farm.store.writer` with the encoder :mod:`farm.store.encode`: numpy and ffmpeg, imported
-only by workers and ``farm render``).
+"""farm's output store.
+
+The layout, URIs and checks of rendered files (:mod:`farm.store.layout`), file hashing and atomic
+writes (:mod:`farm.store.files`), and writing renders (:mod:`farm.store.writer` with the encoder
+:mod:`farm.store.encode`: numpy and ffmpeg, imported only by workers and ``farm render``).
 
 Importing this package loads neither numpy nor torch.
 """

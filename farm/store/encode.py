@@ -89,8 +89,11 @@ _FFMPEG_ENV = {"LC_ALL": "C"}
 
 
 def frames_sha256(frames: np.ndarray) -> str:
-    """The reproducibility identity of a render: sha256 over ``farm.frames/1``, the shape and the
-    dtype, then the frames' C-contiguous bytes. Equal frames give equal hashes on any machine."""
+    """The reproducibility identity of a render.
+
+    sha256 over ``farm.frames/1``, the shape and the dtype, then the frames' C-contiguous bytes.
+    Equal frames give equal hashes on any machine.
+    """
     arr = np.ascontiguousarray(frames)
     shape = "x".join(str(n) for n in arr.shape)
     header = f"{FRAMES_HASH_DOMAIN}\nshape={shape}\ndtype={arr.dtype.str}\n".encode("ascii")
@@ -114,6 +117,7 @@ def check_frames(frames: Any) -> np.ndarray:
 
 
 def check_fps(fps: int) -> int:
+    """``fps`` if it is an integer in [1, 240], else ValueError."""
     if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= 240:
         raise ValueError(f"fps must be an integer in [1, 240], got {fps!r}")
     return fps
@@ -164,8 +168,11 @@ def ffmpeg_command(width: int, height: int, fps: int, out_path: Path) -> list[st
 
 
 def encode_mp4(frames: np.ndarray, fps: int, out_path: Path) -> tuple[int, int]:
-    """Encode uint8 frames (F, H, W, 3) to an H.264 MP4 at ``out_path`` (written in place, then
-    fsynced; callers write into a temporary location). Returns the encoded (width, height)."""
+    """Encode uint8 frames (F, H, W, 3) to an H.264 MP4 at ``out_path``.
+
+    Written in place, then fsynced; callers write into a temporary location. Returns the
+    encoded (width, height).
+    """
     frames = _even_padded(check_frames(frames))
     check_fps(fps)
     f, h, w, _ = frames.shape
@@ -213,8 +220,10 @@ def write_render_files(
     directory: Path, frames: np.ndarray, fps: int, *, job_key: str, output_format: str, frames_hash: str,
     output_id: str,
 ) -> dict[str, Any]:
-    """Write the MP4, the poster, the PNG frames (``mp4+frames``) and the sidecar into the new,
-    empty ``directory``; return the sidecar."""
+    """Write the MP4, the poster, the PNG frames (``mp4+frames``) and the sidecar into the new, empty ``directory``.
+
+    Return the sidecar.
+    """
     video = directory / VIDEO_FILENAME
     video_w, video_h = encode_mp4(frames, fps, video)
     index = poster_index(frames.shape[0])

@@ -23,6 +23,7 @@ def file_sha256(path: Path) -> str:
 
 
 def fsync_file(path: Path) -> None:
+    """Flush the file at ``path`` to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -31,6 +32,7 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush the directory at ``path`` to disk (best effort: skipped where it cannot be opened or synced)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -44,8 +46,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, fsync,
-    ``os.replace``, fsync of the directory. A reader sees the old file or the new one."""
+    """Write ``data`` to ``path`` atomically.
+
+    A temporary file in the same directory, fsync, ``os.replace``, fsync of the directory. A
+    reader sees the old file or the new one.
+    """
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         with open(tmp, "xb") as fh:

@@ -72,6 +72,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def is_sha256_hex(value: object) -> bool:
+    """True for 64 lower-case hex digits."""
     return isinstance(value, str) and bool(_HEX64.match(value))
 
 
@@ -109,6 +110,7 @@ class OutputCheck:
 
     @property
     def ok(self) -> bool:
+        """True when the file matched its record."""
         return self.state is OutputState.OK
 
 
@@ -116,13 +118,20 @@ class RecordedOutput(Protocol):
     """What the ledger records of an output (``farm.ledger.records.OutputRecord`` has it)."""
 
     @property
-    def uri(self) -> str: ...
+    def uri(self) -> str:
+        """The output's URI (its MP4's ``file://`` URI)."""
+
     @property
-    def file_sha256(self) -> str: ...
+    def file_sha256(self) -> str:
+        """The recorded sha256 of the MP4."""
+
     @property
-    def size_bytes(self) -> int | None: ...
+    def size_bytes(self) -> int | None:
+        """The recorded size of the MP4 in bytes (None: unknown)."""
+
     @property
-    def verified_at(self) -> datetime | None: ...
+    def verified_at(self) -> datetime | None:
+        """When the file was last verified (None: never)."""
 
 
 @dataclass(frozen=True)
@@ -160,8 +169,7 @@ class OutputStore:
 
     # -- paths and URIs -------------------------------------------------------------------------
     def _inside(self, path: Path) -> Path:
-        """``path`` resolved; :class:`~farm.errors.OutputRefused` if it leaves the root (a
-        symlink escape)."""
+        """``path`` resolved; :class:`~farm.errors.OutputRefused` if it leaves the root (a symlink escape)."""
         real_root = self.root.resolve()
         real = path.resolve()
         if real != real_root and not real.is_relative_to(real_root):
@@ -176,11 +184,15 @@ class OutputStore:
 
     @staticmethod
     def uri_of(path: Path) -> str:
+        """The ``file://`` URI of ``path``, resolved."""
         return path.resolve().as_uri()
 
     def locate(self, uri: str | None) -> Path | None:
-        """The video path in this store of an output URI (by its ``<id[:2]>/<id>/video.mp4``
-        tail), or None when the URI is not one of the store's."""
+        """The video path in this store of an output URI, or None.
+
+        By its ``<id[:2]>/<id>/video.mp4`` tail; None when the URI is not one of the
+        store's.
+        """
         if not uri:
             return None
         parts = urlsplit(uri)
@@ -200,8 +212,10 @@ class OutputStore:
         return None if video is None else video.with_name(POSTER_FILENAME)
 
     def existing_file(self, uri: str | None, *, poster: bool = False) -> Path | None:
-        """The resolved path of an output's video (or its poster) when it is a file inside the
-        store; None when it is missing or resolves outside the root."""
+        """The resolved path of an output's video (or its poster) when it is a file inside the store.
+
+        None when it is missing or resolves outside the root.
+        """
         video = self.locate(uri)
         if video is None:
             return None
@@ -264,8 +278,11 @@ class OutputStore:
         return self._from_sidecar(directory, self._read_sidecar(directory), encode_seconds=0.0, reused=True)
 
     def verify(self, stored: StoredOutput) -> bool:
-        """True when the MP4 exists under the root and its sha256 and size match the record, and the
-        poster and (if any) PNG frames exist. :class:`OutputRefused` if a path escapes the root."""
+        """True when the output's files are all there and the MP4 matches its record.
+
+        The MP4 exists under the root and its sha256 and size match the record, and the poster and
+        (if any) PNG frames exist. :class:`OutputRefused` if a path escapes the root.
+        """
         path = self._inside(stored.path)
         try:
             if path.stat().st_size != stored.size_bytes or file_sha256(path) != stored.file_sha256:
@@ -289,7 +306,8 @@ class OutputStore:
         ``hash_file``: hash the video and compare (``ok``, ``corrupt`` or ``missing``). Without
         it, only a quick check: ``ok`` when the recorded size matches and the file has not changed
         since ``verified_at`` (its mtime is not newer), ``unverified`` when that cannot be said,
-        ``missing``/``corrupt`` when the file is gone or its size differs."""
+        ``missing``/``corrupt`` when the file is gone or its size differs.
+        """
         video = self.locate(uri)
         if video is None:
             return OutputCheck(uri, OutputState.MISSING, "not an output URI of this store")
@@ -323,15 +341,21 @@ class OutputStore:
         return OutputCheck(uri, OutputState.OK, "", actual, st.st_size)
 
     def vouches(self, record: RecordedOutput) -> bool:
-        """The quick check a producer makes before answering a job from an output: the file is
-        there with its recorded size and unchanged since it was last verified (no hashing)."""
+        """The quick check a producer makes before answering a job from an output.
+
+        The file is there with its recorded size and unchanged since it was last verified (no
+        hashing).
+        """
         return self.check(record.uri, record.file_sha256, size_bytes=record.size_bytes,
                           verified_at=record.verified_at, hash_file=False).ok
 
     # -- repair and housekeeping ------------------------------------------------------------------
     def quarantine(self, uri: str, reason: str) -> Path | None:
-        """Move the directory of an output out of the way (into ``.quarantine``); the path it now
-        has, or None when there was nothing to move. Never deletes anything."""
+        """Move the directory of an output out of the way (into ``.quarantine``).
+
+        Returns the path it now has, or None when there was nothing to move. Never deletes
+        anything.
+        """
         video = self.locate(uri)
         if video is None:
             return None
@@ -358,7 +382,9 @@ class OutputStore:
 
     def clean_temp(self, older_than_s: float = STALE_TEMP_S) -> int:
         """Remove temporary directories/files left by writers that died (older than the given age).
-        Returns how many were removed."""
+
+        Returns how many were removed.
+        """
         if not self.root.is_dir():
             return 0
         cutoff = time.time() - older_than_s

@@ -1,6 +1,8 @@
-"""Writing a render's outputs into the store: :class:`OutputWriter` is the
-:class:`~farm.store.layout.OutputStore` of workers and ``farm render`` (numpy and ffmpeg, through
-:mod:`farm.store.encode`). Producers never import it."""
+"""Writing a render's outputs into the store.
+
+:class:`OutputWriter` is the :class:`~farm.store.layout.OutputStore` of workers and
+``farm render`` (numpy and ffmpeg, through :mod:`farm.store.encode`). Producers never import it.
+"""
 
 from __future__ import annotations
 
@@ -85,8 +87,11 @@ class OutputWriter(OutputStore):
         return stored
 
     def _intact(self, final: Path, output_id: str, fhash: str) -> StoredOutput | None:
-        """The directory already there when it holds this output, complete and unchanged; None
-        when it is damaged (the caller quarantines it). A symlink out of the root is refused."""
+        """The directory already there when it holds this output, complete and unchanged.
+
+        None when it is damaged (the caller quarantines it). A symlink out of the root is
+        refused.
+        """
         self._inside(final)
         try:
             stored = self._from_sidecar(final, self._read_sidecar(final), encode_seconds=0.0, reused=True)

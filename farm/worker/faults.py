@@ -36,8 +36,11 @@ SLEEP_SLICE_S = 0.1
 
 
 class InjectedFailure(ExpectedError):
-    """The permanent error a ``fault: fail`` job raises: it plays a worker that fails whatever it
-    renders (a broken driver), so it counts towards the circuit breaker."""
+    """The permanent error a ``fault: fail`` job raises.
+
+    It plays a worker that fails whatever it renders (a broken driver), so it counts towards the
+    circuit breaker.
+    """
 
     worker_fault = True
 
@@ -69,8 +72,11 @@ def apply_faults(
     die: Callable[[], None] = crash,
     clock: Callable[[], float] = time.monotonic,
 ) -> Mapping[str, BaseException]:
-    """Apply the ``fault`` tags of a group about to render: crash at once if any job says so,
-    sleep for the longest ``sleep:S``, and return the ``fail`` jobs with their error."""
+    """Apply the ``fault`` tags of a group about to render.
+
+    Crash at once if any job says so, sleep for the longest ``sleep:S``, and return the
+    ``fail`` jobs with their error.
+    """
     failing: dict[str, BaseException] = {}
     longest = 0.0
     for job in jobs:

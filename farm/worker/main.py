@@ -1,6 +1,8 @@
-"""Starting render work on this machine: the one place that pins a process to its device, names
-it, builds the Celery app, registers the task and starts the worker; also ``farm render`` (one job
-through the same runner, in this process) and ``farm reap`` (one reaper pass).
+"""Starting render work on this machine.
+
+The one place that pins a process to its device, names it, builds the Celery app, registers the
+task and starts the worker; also ``farm render`` (one job through the same runner, in this
+process) and ``farm reap`` (one reaper pass).
 
 ``farm worker --device cuda:3`` pins the process to GPU 3 *before* torch is imported:
 ``CUDA_VISIBLE_DEVICES=3`` and ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` are set in the process
@@ -81,14 +83,16 @@ def device_plan(device: str) -> DevicePlan:
 
 
 def node_name(plan: DevicePlan, hostname: str | None = None, *, role: str = WORKER_ROLE) -> str:
-    """The process's name (see the module docstring): ``hostname`` if given, else
-    ``<role>-<slot>@<host>``."""
+    """The process's name (see the module docstring): ``hostname`` if given, else ``<role>-<slot>@<host>``."""
     return hostname or f"{role}-{plan.slot}@{socket.gethostname()}"
 
 
 def pin_device(device: str) -> DevicePlan:
-    """Apply :func:`device_plan` to this process's environment. Must run before torch is imported:
-    a GPU worker whose process already imported torch cannot be pinned (RuntimeError)."""
+    """Apply :func:`device_plan` to this process's environment.
+
+    Must run before torch is imported: a GPU worker whose process already imported torch cannot be
+    pinned (RuntimeError).
+    """
     plan = device_plan(device)
     if plan.torch_device != "cpu" and "torch" in sys.modules:
         raise RuntimeError(f"torch was imported before the worker pinned {plan.device}: CUDA_VISIBLE_DEVICES "
@@ -178,9 +182,11 @@ class LocalRender:
 
 
 def render_locally(spec: RenderSpec, settings: Settings, *, no_cache: bool = False) -> LocalRender:
-    """Record ``spec`` as a job and run it through the same runner a worker uses, in this process
-    (claim, render, store, record): the embedded default's main path. An identical job whose
-    output is verified is answered from it without rendering."""
+    """Record ``spec`` as a job and run it through the same runner a worker uses, in this process.
+
+    Claim, render, store, record: the embedded default's main path. An identical job whose output
+    is verified is answered from it without rendering.
+    """
     from farm.ledger import Ledger, NewJob
     from farm.store import OutputStore
     from farm.worker.runner import build_runner
@@ -196,8 +202,11 @@ def render_locally(spec: RenderSpec, settings: Settings, *, no_cache: bool = Fal
 
 
 def reap_now(settings: Settings) -> ReapReport:
-    """One reaper pass (``farm reap``): expired leases back to queued or failed, and every queued
-    job whose message was never sent or was lost sent again."""
+    """One reaper pass (``farm reap``).
+
+    Expired leases back to queued or failed, and every queued job whose message was never sent or
+    was lost sent again.
+    """
     from farm.ledger import Ledger
     from farm.queue.app import make_app
     from farm.queue.enqueue import reap

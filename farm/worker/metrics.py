@@ -65,10 +65,12 @@ class WorkerMetrics:
                                registry=self.registry).labels(**labels)
 
     def serve(self, host: str, port: int) -> None:
+        """Serve the registry on ``http://host:port/metrics`` from a background thread."""
         start_http_server(port, addr=host, registry=self.registry)
         log.info("worker metrics on http://%s:%d/metrics", host, port)
 
     def observe(self, outcomes: Iterable[Outcome], *, consecutive_failures: int, circuit_open: bool) -> None:
+        """Count the outcomes, observe the timings of the renders, and set the breaker gauges."""
         for outcome in outcomes:
             self._jobs.labels(**self._labels, outcome=outcome.outcome.value).inc()
             timings = outcome.record.timings if outcome.record is not None else None

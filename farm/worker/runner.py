@@ -76,39 +76,53 @@ class LoadedModel(Protocol):
     """What the runner needs of a loaded model."""
 
     @property
-    def weights_fingerprint(self) -> str: ...
+    def weights_fingerprint(self) -> str:
+        """The fingerprint of the weights the model was loaded from."""
 
 
 class RenderedJob(Protocol):
     """What the runner needs of one job's render (:class:`farm.engine.render.RenderResult`)."""
 
     @property
-    def frames(self) -> np.ndarray | None: ...
+    def frames(self) -> np.ndarray | None:
+        """uint8 frames (F, H, W, 3); None when cancelled."""
+
     @property
-    def effective_params(self) -> dict[str, Any]: ...
+    def effective_params(self) -> dict[str, Any]:
+        """The canonical parameters actually rendered."""
+
     @property
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        """Per-job render statistics (``seconds``, ``batch``, ...)."""
+
     @property
-    def cancelled(self) -> bool: ...
+    def cancelled(self) -> bool:
+        """True when the render was stopped before its last step."""
+
     @property
-    def degraded(self) -> bool: ...
+    def degraded(self) -> bool:
+        """True when it was rendered with degraded parameters (after running out of memory)."""
 
 
 class RenderEngine(Protocol):
-    """The render engine the runner drives (:class:`farm.engine.render.Engine`; unit tests plug in
-    a fake one)."""
+    """The render engine the runner drives (:class:`farm.engine.render.Engine`; unit tests plug in a fake one)."""
 
-    def load(self, model_name: str) -> LoadedModel: ...
+    def load(self, model_name: str) -> LoadedModel:
+        """Load ``model_name`` (kept warm)."""
 
     def render(self, canons: Sequence[Mapping[str, Any]],
-               on_step: StepCallback | None = None) -> Sequence[RenderedJob]: ...
+               on_step: StepCallback | None = None) -> Sequence[RenderedJob]:
+        """Render compatible canonical specs together; one result per job, in order."""
 
 
 class Retry(Protocol):
-    """Runs ``fn`` with retries for transient errors (``durable``: the long policy used to record
-    an outcome whose output is already stored)."""
+    """Runs ``fn`` with retries for transient errors.
 
-    def __call__(self, what: str, fn: Callable[[], T], *, durable: bool = False) -> T: ...
+    ``durable``: the long policy used to record an outcome whose output is already stored.
+    """
+
+    def __call__(self, what: str, fn: Callable[[], T], *, durable: bool = False) -> T:
+        """``fn()``, retried on transient errors; ``what`` names it in the log."""
 
 
 def call_once(what: str, fn: Callable[[], T], *, durable: bool = False) -> T:
@@ -136,8 +150,11 @@ class Outcome:
 
 @dataclass
 class _Group:
-    """A compatible group on its way through the steps: the jobs, their heartbeat and the outcomes
-    recorded so far (each recorded outcome ends its job's heartbeats)."""
+    """A compatible group on its way through the steps.
+
+    The jobs, their heartbeat and the outcomes recorded so far (each recorded outcome ends its
+    job's heartbeats).
+    """
 
     jobs: list[JobRecord]
     beat: Heartbeat
@@ -149,10 +166,12 @@ class _Group:
 
 
 class Heartbeat:
-    """Extends the leases of claimed jobs from a background thread every ``interval`` seconds,
-    with the progress the step callback reports, until each job's outcome is recorded
-    (:meth:`finish`). A refused heartbeat marks the job *lost*; an unreachable ledger is logged and
-    tried again at the next beat (the lease outlasts short outages)."""
+    """Extends the leases of claimed jobs from a background thread every ``interval`` seconds.
+
+    Each beat carries the progress the step callback reports; a job's beats end when its outcome is
+    recorded (:meth:`finish`). A refused heartbeat marks the job *lost*; an unreachable ledger is
+    logged and tried again at the next beat (the lease outlasts short outages).
+    """
 
     def __init__(self, ledger: Ledger, jobs: Sequence[JobRecord], *, worker_host: str, lease_s: float,
                  interval: float):
@@ -184,6 +203,7 @@ class Heartbeat:
             self.beat()
 
     def beat(self) -> None:
+        """Extend the lease of every job still running; a refused one marks the job lost."""
         for job_id in self.job_ids:
             if job_id in self.lost or job_id in self.finished or self._done.is_set():
                 continue
@@ -247,11 +267,13 @@ class JobRunner:
             job_id, worker_host=self.worker_host, worker_device=self.worker_device, lease_s=self.lease_s))
 
     def claim_group(self, job_id: str) -> list[JobRecord]:
-        """Claim ``job_id`` and, to render with it (expert-phase batching), up to
-        ``phase_batch - 1`` queued jobs with the same compat key; [] when ``job_id`` is not
-        claimable. An interactive job is batched only with interactive jobs (a batch job would
-        slow it down); a batch job takes interactive jobs first, then the oldest. A job attempted
-        before is rendered alone (poison isolation)."""
+        """Claim ``job_id`` and up to ``phase_batch - 1`` queued jobs with the same compat key.
+
+        They render with it (expert-phase batching); [] when ``job_id`` is not claimable. An
+        interactive job is batched only with interactive jobs (a batch job would slow it down); a
+        batch job takes interactive jobs first, then the oldest. A job attempted before is
+        rendered alone (poison isolation).
+        """
         primary = self.claim(job_id)
         if primary is None:
             return []
@@ -268,10 +290,12 @@ class JobRunner:
 
     def run_claimed(self, records: Sequence[JobRecord]) -> list[Outcome]:
         """Render and record jobs this worker has already claimed; one outcome per job, in order.
+
         Every job's lease is heartbeated from the start until its outcome is recorded (a job
         waiting for an earlier group keeps its lease). Jobs attempted before (``attempts > 1``: a
         previous attempt crashed or failed) are rendered alone, so a poison job cannot take
-        compatible jobs down with it twice."""
+        compatible jobs down with it twice.
+        """
         outcomes: dict[str, Outcome] = {}
         with Heartbeat(self.ledger, records, worker_host=self.worker_host, lease_s=self.lease_s,
                        interval=self.heartbeat_s) as beat:
@@ -297,8 +321,11 @@ class JobRunner:
         return [group[i : i + size] for group in by_key.values() for i in range(0, len(group), size)] + alone
 
     def _render_group(self, jobs: list[JobRecord], beat: Heartbeat) -> list[Outcome]:
-        """One compatible group through the named steps: :meth:`load_model` ->
-        :meth:`answer_cache_hits` -> :meth:`render_batch` -> :meth:`store_and_record`."""
+        """One compatible group through the named steps.
+
+        :meth:`load_model` -> :meth:`answer_cache_hits` -> :meth:`render_batch` ->
+        :meth:`store_and_record`.
+        """
         group = _Group(jobs, beat)
         loaded = self.load_model(group)
         if loaded is not None:
@@ -310,8 +337,11 @@ class JobRunner:
         return [group.outcomes[j.id] for j in jobs]
 
     def load_model(self, group: _Group) -> tuple[str, float] | None:
-        """Load the group's model (kept warm by the engine) and register its weights fingerprint:
-        ``(fingerprint, load seconds)``, or None when it could not load (every job's outcome set)."""
+        """Load the group's model (kept warm by the engine) and register its weights fingerprint.
+
+        Returns ``(fingerprint, load seconds)``, or None when it could not load (every job's
+        outcome set).
+        """
         started = time.perf_counter()
         model = group.jobs[0].model_name
         try:
@@ -345,8 +375,11 @@ class JobRunner:
         return [j for j in todo if j.id not in failing]
 
     def render_batch(self, group: _Group, todo: list[JobRecord]) -> list[tuple[JobRecord, RenderedJob]]:
-        """Render the jobs together (expert-phase batching); each step reports progress to the
-        heartbeat and stops a job whose lease was lost (or every job, at a shutdown deadline)."""
+        """Render the jobs together (expert-phase batching).
+
+        Each step reports progress to the heartbeat and stops a job whose lease was lost (or
+        every job, at a shutdown deadline).
+        """
         if not todo:
             return []
         beat = group.beat
@@ -368,8 +401,7 @@ class JobRunner:
 
     def store_and_record(self, group: _Group, rendered: list[tuple[JobRecord, RenderedJob]], fingerprint: str,
                          load_s: float) -> None:
-        """Store each render's files and record its outcome (a stopped render: cancelled or
-        handed back)."""
+        """Store each render's files and record its outcome (a stopped render: cancelled or handed back)."""
         for job, result in rendered:
             if result.cancelled or result.frames is None:
                 group.done(self.handle_cancelled(job, lost_lease=job.id in group.beat.lost))
@@ -395,9 +427,11 @@ class JobRunner:
         self._registered.add((name, fingerprint))
 
     def _cache_hit(self, job: JobRecord, fingerprint: str) -> Outcome | None:
-        """Answer ``job`` from an existing output of the same job key and weights, if any, after
-        hashing its file: an output that is missing or corrupt is marked so in the ledger (the
-        cache never answers from it again) and the job renders."""
+        """Answer ``job`` from an existing output of the same job key and weights, if any, after hashing its file.
+
+        An output that is missing or corrupt is marked so in the ledger (the cache never answers
+        from it again) and the job renders.
+        """
         try:
             found = self.retry(f"cache lookup for job {job.id}",
                                lambda: self.ledger.find_cache_original(job.job_key, fingerprint))
@@ -430,6 +464,7 @@ class JobRunner:
 
     # -- outcome handlers -----------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
+        """The environment fingerprint recorded with every job (computed once)."""
         if self._env is None:
             from farm.engine.envinfo import environment_fingerprint
 
@@ -439,6 +474,7 @@ class JobRunner:
     def handle_success(
         self, job: JobRecord, result: RenderedJob, weights_fingerprint: str, load_s: float
     ) -> Outcome:
+        """Store the render's output and record the success (with the timings and fingerprints)."""
         effective = result.effective_params
         frames = result.frames
         assert frames is not None
@@ -480,8 +516,11 @@ class JobRunner:
         return Outcome(job.id, OutcomeKind.SUCCEEDED, record)
 
     def handle_error(self, job: JobRecord, exc: BaseException) -> Outcome:
-        """An attempt raised: :func:`farm.errors.classify` decides between a retry and a failure,
-        and whether it counts against this worker."""
+        """An attempt raised.
+
+        :func:`farm.errors.classify` decides between a retry and a failure, and whether it counts
+        against this worker.
+        """
         verdict = classify(exc)
         if verdict.retry:
             return self.handle_retry(job, exc, worker_fault=verdict.worker_fault)
@@ -498,6 +537,7 @@ class JobRunner:
         return self._record_error(job, exc, retry=True, worker_fault=worker_fault)
 
     def handle_cancelled(self, job: JobRecord, *, lost_lease: bool) -> Outcome:
+        """A stopped render: nothing to record for a lost lease, hand it back at shutdown, else a retry."""
         if lost_lease:
             return Outcome(job.id, OutcomeKind.CANCELLED, None, "lease lost")
         if self.stop.is_set():
@@ -533,8 +573,11 @@ class JobRunner:
 
 def build_runner(settings: Settings, ledger: Ledger, *, owner: str, device: str, retry: Retry = call_once,
                  before_render: BeforeRender | None = None) -> JobRunner:
-    """The runner a worker process and ``farm render`` both use: the engine and the output store
-    the settings name, the leases and phase batches they set. Imports torch (the engine)."""
+    """The runner a worker process and ``farm render`` both use.
+
+    The engine and the output store the settings name, the leases and phase batches they set.
+    Imports torch (the engine).
+    """
     from farm.engine.render import Engine
     from farm.store.writer import OutputWriter
 

@@ -82,9 +82,11 @@ class WorkerConfig:
 
     @property
     def owner(self) -> str:
-        """The lease owner recorded with claimed jobs: the node name, stable across restarts. A
-        restarted worker never takes over its predecessor's jobs: it claims queued jobs only, and
-        heartbeats and records only the jobs it claimed itself."""
+        """The lease owner recorded with claimed jobs: the node name, stable across restarts.
+
+        A restarted worker never takes over its predecessor's jobs: it claims queued jobs only,
+        and heartbeats and records only the jobs it claimed itself.
+        """
         return self.hostname
 
 
@@ -119,9 +121,11 @@ class WorkerRuntime:
     # -- lazily built parts ------------------------------------------------------------------
     @property
     def ledger(self) -> Ledger:
+        """The worker's ledger, opened at first use."""
         with self._lock:
             if self._ledger is None:
-                self._ledger = Ledger(self.settings.ledger_url, echo=self.settings.sql_echo)
+                # No pre-ping: every ledger call of the worker is retried (see retry()).
+                self._ledger = Ledger(self.settings.ledger_url, echo=self.settings.sql_echo, pre_ping=False)
             return self._ledger
 
     @property
@@ -142,16 +146,22 @@ class WorkerRuntime:
 
     # -- retries ------------------------------------------------------------------------------
     def retry(self, what: str, fn: Callable[[], T], *, durable: bool = False) -> T:
-        """Call ``fn``, retrying transient errors with backoff (``durable``: at least
-        :data:`DURABLE_RETRY_MIN_S` or the lease, whichever is longer)."""
+        """Call ``fn``, retrying transient errors with backoff.
+
+        ``durable``: at least :data:`DURABLE_RETRY_MIN_S` or the lease, whichever is
+        longer.
+        """
         minimum = max(DURABLE_RETRY_MIN_S, float(self.settings.lease_s)) if durable else None
         return retrying(self.settings, what=what, min_total_s=minimum)(fn)
 
     # -- one message --------------------------------------------------------------------------
     def process(self, job_id: str) -> list[Outcome]:
-        """Handle the message for ``job_id`` (see the module docstring). Raises
-        :class:`CircuitOpen` or another :class:`~farm.errors.TransientError` when the message
-        should go back to the queue; :class:`~farm.errors.JobNotFound` for an unknown job."""
+        """Handle the message for ``job_id`` (see the module docstring).
+
+        Raises :class:`CircuitOpen` or another :class:`~farm.errors.TransientError` when the
+        message should go back to the queue; :class:`~farm.errors.JobNotFound` for an unknown
+        job.
+        """
         if self.circuit_open:
             raise CircuitOpen(f"circuit breaker open: {self.circuit_reason}")
         try:
@@ -206,9 +216,11 @@ class WorkerRuntime:
         self._count(outcomes)
 
     def _count(self, outcomes: list[Outcome]) -> None:
-        """The circuit breaker's count: jobs failed in a row *by this worker's fault* (a success
-        resets it; a job's own problem, such as a refused output location, neither counts nor
-        resets: it says nothing about the worker)."""
+        """The circuit breaker's count: jobs failed in a row *by this worker's fault*.
+
+        A success resets it; a job's own problem, such as a refused output location, neither
+        counts nor resets: it says nothing about the worker.
+        """
         for o in outcomes:
             if o.outcome in (OutcomeKind.SUCCEEDED, OutcomeKind.CACHE_HIT):
                 self.consecutive_failures = 0
@@ -221,15 +233,15 @@ class WorkerRuntime:
         if self.consecutive_failures >= limit and not self.circuit_open:
             last = next((o.error for o in reversed(outcomes) if o.error), "")
             self._open_circuit(f"{self.consecutive_failures} failed jobs in a row (last: {last})")
-        else:
-            self._seen_quietly()
         if self.metrics is not None:
             self.metrics.observe(outcomes, consecutive_failures=self.consecutive_failures,
                                  circuit_open=self.circuit_open)
 
     def _send_again(self, job_ids: list[str]) -> None:
-        """Send fresh messages for jobs that went back to queued (best effort: the reaper
-        sends whatever this misses)."""
+        """Send fresh messages for jobs that went back to queued.
+
+        Best effort: the reaper sends whatever this misses.
+        """
         try:
             pending = self.ledger.jobs_to_enqueue(job_ids=job_ids)
             send_jobs(self.ledger, pending, app=self.app, settings=self.settings, attempts=1)
@@ -253,6 +265,7 @@ class WorkerRuntime:
             self.cancel_consumers()
 
     def cancel_consumers(self) -> None:
+        """Stop consuming from the worker's queues (the breaker opened)."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -262,8 +275,16 @@ class WorkerRuntime:
 
     # -- presence (the workers table) ---------------------------------------------------------
     def _set_state(self, state: str) -> None:
+        """Change the worker's state.
+
+        ``busy``/``idle`` flip with every job: the presence thread records them at its next beat
+        (``FARM_HEARTBEAT_S``), off the job's path; the states an operator must see at once
+        (``circuit_open``, ``stopped``, the first ``idle``) are written now.
+        """
+        first = self.state == "starting"
         self.state = state
-        self._seen_quietly()
+        if first or state in ("circuit_open", "stopped"):
+            self._seen_quietly()
 
     def _seen(self) -> None:
         detail: dict[str, Any] = {"queues": list(self.config.queues), "owner": self.config.owner}
@@ -281,9 +302,12 @@ class WorkerRuntime:
             log.warning("workers row not updated (%s)", exc)
 
     def _seen_quietly(self) -> None:
-        """:meth:`_seen` from the message path. While the presence thread runs it writes the row
-        at once in the background (the job's path never waits on it, and a ledger outage is its
-        to report); before it starts or after shutdown, here and now."""
+        """:meth:`_seen` from the message path.
+
+        While the presence thread runs it writes the row at once in the background (the job's
+        path never waits on it, and a ledger outage is its to report); before it starts or after
+        shutdown, here and now.
+        """
         if self._threads and not self._background.is_set():
             self._presence_due.set()
             return
@@ -329,9 +353,11 @@ class WorkerRuntime:
             log.info("output store: removed %d temporary entr(y/ies) left by dead writers", removed)
 
     def _every(self, interval: float, fn: Callable[[], object], wake: threading.Event | None = None) -> None:
-        """Call ``fn`` every ``interval`` seconds (jittered, so that workers started together do
-        not reap in lockstep) — and at once whenever ``wake`` is set — until shutdown; a transient
-        failure is logged once per outage."""
+        """Call ``fn`` every ``interval`` seconds, and at once whenever ``wake`` is set, until shutdown.
+
+        The interval is jittered, so that workers started together do not reap in lockstep; a
+        transient failure is logged once per outage.
+        """
         name = threading.current_thread().name
         failing = False
         while True:
@@ -359,6 +385,7 @@ class WorkerRuntime:
                 failing = False
 
     def reap_once(self) -> None:
+        """One reaper pass; jobs it deferred are sent by the next pass if still unsent."""
         report = reap(self.ledger, self.settings, app=self.app, previous=self._unsent)
         self._unsent = set(report.deferred)
         if report.error:
@@ -366,8 +393,11 @@ class WorkerRuntime:
 
     # -- shutdown -----------------------------------------------------------------------------
     def on_shutting_down(self) -> None:
-        """Warm shutdown began (SIGTERM): the current task may finish; past ``stop_timeout_s``
-        its render stops and its jobs are handed back."""
+        """Warm shutdown began (SIGTERM).
+
+        The current task may finish; past ``stop_timeout_s`` its render stops and its jobs are
+        handed back.
+        """
         if self._stop_timer is not None:
             return
         if self.state == "busy":
@@ -398,8 +428,10 @@ _runtime: WorkerRuntime | None = None
 
 
 def configure(config: WorkerConfig, app: Celery) -> WorkerRuntime:
-    """Create this process's runtime and wire it into the Celery app (consumer bootstep and
-    worker signals). Call once per worker process, before ``app.Worker(...).start()``."""
+    """Create this process's runtime and wire it into the Celery app (consumer bootstep and worker signals).
+
+    Call once per worker process, before ``app.Worker(...).start()``.
+    """
     global _runtime
     runtime = WorkerRuntime(config, app)
     _runtime = runtime
@@ -422,7 +454,7 @@ def process(job_id: str) -> list[Outcome]:
 def _wire(app: Celery, runtime: WorkerRuntime) -> None:
     from celery import bootsteps, signals
 
-    class ConsumerRef(bootsteps.StartStopStep):
+    class ConsumerRef(bootsteps.StartStopStep):  # type: ignore[misc]  # celery has no type hints: the base is Any
         """Hands the worker's consumer to the runtime (the circuit breaker cancels its queues)."""
 
         requires = ("celery.worker.consumer.tasks:Tasks",)

@@ -105,6 +105,8 @@ def worker_command(device: str, extra: Sequence[str] = ()) -> list[str]:
 
 @dataclass
 class Child:
+    """One supervised worker process: its device, command line, process and restart state."""
+
     device: str
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
@@ -188,8 +190,11 @@ class Supervisor:
             return not all(c.done for c in self.children)
 
     def run(self, *, install_signals: bool = True, poll_s: float = POLL_S) -> int:
-        """Start every child and supervise until all have exited. Returns 0 when every child
-        ended cleanly (or was stopped by a forwarded signal), 1 otherwise."""
+        """Start every child and supervise until all have exited.
+
+        Returns 0 when every child ended cleanly (or was stopped by a forwarded signal), 1
+        otherwise.
+        """
         previous: dict[int, Any] = {}
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,4 @@
-"""initial ledger: batches, jobs, events
+"""initial ledger: batches, jobs, events.
 
 Revision ID: 0001
 Revises:
@@ -30,6 +30,7 @@ def _json() -> sa.types.TypeEngine:
 
 
 def upgrade() -> None:
+    """Create the tables batches, jobs and events, and the jobs' and events' indexes."""
     op.create_table(
         "batches",
         sa.Column("id", sa.String(36), nullable=False),
@@ -115,6 +116,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the indexes and the tables events, jobs and batches."""
     op.drop_index(op.f("ix_events_job_id"), table_name="events")
     op.drop_table("events")
     op.drop_index(op.f("ix_jobs_job_key_status"), table_name="jobs")

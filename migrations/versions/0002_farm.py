@@ -1,4 +1,4 @@
-"""farm: jobs.batch_index/compat_key/enqueued_at/no_cache; tables models and workers
+"""farm: jobs.batch_index/compat_key/enqueued_at/no_cache; tables models and workers.
 
 Revision ID: 0002
 Revises: 0001
@@ -52,6 +52,7 @@ def _backfill_compat_keys() -> None:
 
 
 def upgrade() -> None:
+    """Add the four jobs columns (compat_key backfilled online) and their indexes; create models and workers."""
     sqlite = op.get_bind().dialect.name == "sqlite"
     op.add_column("jobs", sa.Column("batch_index", sa.Integer(), nullable=True))
     if sqlite:
@@ -102,6 +103,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the tables workers and models, the two jobs indexes and the four jobs columns."""
     op.drop_table("workers")
     op.drop_table("models")
     op.drop_index(op.f("ix_jobs_cache_of_job_id"), table_name="jobs")

@@ -1,4 +1,4 @@
-"""outputs: one row per stored output file, with its integrity state
+"""outputs: one row per stored output file, with its integrity state.
 
 Revision ID: 0003
 Revises: 0002
@@ -56,6 +56,7 @@ def _backfill(outputs: sa.Table) -> None:
 
 
 def upgrade() -> None:
+    """Create the outputs table; online, record the outputs of the existing succeeded jobs."""
     outputs = op.create_table(
         "outputs",
         sa.Column("uri", sa.Text(), nullable=False),
@@ -75,4 +76,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the outputs table."""
     op.drop_table("outputs")

@@ -1,4 +1,4 @@
-"""batches.sent_through: how far a batch's messages are confirmed sent
+"""batches.sent_through: how far a batch's messages are confirmed sent.
 
 Revision ID: 0004
 Revises: 0003
@@ -25,9 +25,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add batches.sent_through; existing batches count as sent through their last job."""
     op.add_column("batches", sa.Column("sent_through", sa.Integer(), server_default=sa.text("-1"), nullable=False))
     op.execute("UPDATE batches SET sent_through = job_count - 1")
 
 
 def downgrade() -> None:
+    """Drop batches.sent_through."""
     op.drop_column("batches", "sent_through")

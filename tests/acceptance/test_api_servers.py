@@ -1,5 +1,8 @@
-"""The real servers: ``farm api`` (uvicorn on a free loopback port) and ``farm flower``, as
-subprocesses on the real Postgres and a private Redis; and the API staying torch-free."""
+"""The real servers.
+
+``farm api`` (uvicorn on a free loopback port) and ``farm flower``, as subprocesses on the
+real Postgres and a private Redis; and the API staying torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The README's "Running it on one machine" block, run as written: ``createdb``, the two exports,
-``farm db upgrade``, two CPU workers, a submit, ``farm batch examples/day.yaml``, ``farm wait`` and
-``farm results``.
+"""The README's "Running it on one machine" block, run as written.
+
+``createdb``, the two exports, ``farm db upgrade``, two CPU workers, a submit,
+``farm batch examples/day.yaml``, ``farm wait`` and ``farm results``.
 
 Only the service addresses are swapped for the test's own (a database name of its own on the real
 Postgres, a private ``redis-server``); everything else is the README's text. The database the

@@ -144,8 +144,11 @@ def test_render_into_postgres_ledger(pg_url: str, tmp_path: Path) -> None:
 
 
 def test_same_job_again_is_a_cache_hit_unless_no_cache(tmp_path: Path) -> None:
-    """The runner's cache: the same spec and weights in the same ledger are answered from the first
-    job's output, linked to it; --no-cache renders again (same frames)."""
+    """The runner's cache.
+
+    The same spec and weights in the same ledger are answered from the first job's output, linked
+    to it; --no-cache renders again (same frames).
+    """
     data_dir = tmp_path / "d"
     first = render_json(data_dir, "--seed", "11", "--steps", "2")
     again = render_json(data_dir, "--seed", "11", "--steps", "2")
@@ -159,8 +162,11 @@ def test_same_job_again_is_a_cache_hit_unless_no_cache(tmp_path: Path) -> None:
 
 
 def test_a_second_identical_render_says_it_is_a_cache_hit(tmp_path: Path) -> None:
-    """What a person sees: the second identical `farm render` says, right under the job line, that
-    it was answered from the first job without rendering; the first one shows its render timing."""
+    """What a person sees.
+
+    The second identical `farm render` says, right under the job line, that it was answered from
+    the first job without rendering; the first one shows its render timing.
+    """
     data_dir = tmp_path / "d"
     first = run_farm(["render", "a paper boat in the rain", "--seed", "3", "--steps", "2"], data_dir)
     second = run_farm(["render", "a paper boat in the rain", "--seed", "3", "--steps", "2"], data_dir)

@@ -1,7 +1,10 @@
-"""A non-editable install runs its migrations: the wheel built from this repository, installed
-into a fresh virtualenv (producer dependencies only, pinned by constraints.txt), migrates an empty
-Postgres database and an empty SQLite file with ``farm db upgrade`` — the Alembic scripts come
-from inside the installed package, not from the checkout."""
+"""A non-editable install runs its migrations.
+
+The wheel built from this repository, installed into a fresh virtualenv (producer dependencies
+only, pinned by constraints.txt), migrates an empty Postgres database and an empty SQLite file
+with ``farm db upgrade`` — the Alembic scripts come from inside the installed package, not from
+the checkout.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The Alembic migrations: one linear history with one head; ``upgrade head`` on an empty database
-gives exactly the models' schema (on Postgres and SQLite); ``downgrade base`` then ``upgrade head``
-round-trips."""
+"""The Alembic migrations.
+
+One linear history with one head; ``upgrade head`` on an empty database gives exactly the models'
+schema (on Postgres and SQLite); ``downgrade base`` then ``upgrade head`` round-trips.
+"""
 
 from __future__ import annotations
 
@@ -163,9 +165,11 @@ def test_upgrade_from_0001_keeps_jobs_and_fills_compat_keys(empty_engine: Engine
 
 
 def test_upgrade_to_0003_records_the_outputs_of_succeeded_jobs(empty_engine: Engine) -> None:
-    """Each distinct output URI of a succeeded job becomes one ``ok`` row (the latest job's file
-    hash, verified when that job finished, size unknown); failed jobs and jobs without output add
-    nothing; downgrading drops the table and keeps the jobs."""
+    """Each distinct output URI of a succeeded job becomes one ``ok`` row.
+
+    It has the latest job's file hash, verified when that job finished, size unknown. Failed jobs
+    and jobs without output add nothing; downgrading drops the table and keeps the jobs.
+    """
     db.upgrade(empty_engine, "0001")
     for i in range(4):
         _insert_0001_job(empty_engine, f"job-{i}", seed=i)
@@ -199,8 +203,11 @@ def test_upgrade_to_0003_records_the_outputs_of_succeeded_jobs(empty_engine: Eng
 
 
 def test_upgrade_to_0004_counts_existing_batches_as_sent(empty_engine: Engine) -> None:
-    """Batches recorded before 0004 were marked job by job: they count as sent through their last
-    job (the jobs' own ``enqueued_at`` still says which were never sent); new ones start at -1."""
+    """Batches recorded before 0004 were marked job by job.
+
+    They count as sent through their last job (the jobs' own ``enqueued_at`` still says which
+    were never sent); new ones start at -1.
+    """
     db.upgrade(empty_engine, "0003")
     batches = Table("batches", MetaData(), autoload_with=empty_engine)
     at = datetime(2025, 5, 1, tzinfo=UTC)

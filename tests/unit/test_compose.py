@@ -1,6 +1,8 @@
-"""The ops files agree with the code: docker-compose.yml runs real farm commands with real options
-and real settings, holds no secret, and the Prometheus config and alert rules reference only
-metrics the code exports."""
+"""The ops files agree with the code.
+
+docker-compose.yml runs real farm commands with real options and real settings, holds no secret,
+and the Prometheus config and alert rules reference only metrics the code exports.
+"""
 
 from __future__ import annotations
 
@@ -181,8 +183,10 @@ def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
 
 
 def exported_metrics() -> set[str]:
-    """Metric names the code defines (farm/api and farm/metrics*), with the suffixes Prometheus
-    adds for counters, summaries and histograms."""
+    """Metric names the code defines (farm/api and farm/metrics*).
+
+    Each with the suffixes Prometheus adds for counters, summaries and histograms.
+    """
     sources = [*ROOT.joinpath("farm", "api").glob("*.py"), *ROOT.joinpath("farm").rglob("metrics*.py")]
     pattern = re.compile(
         r"(\w*(?:Counter|Gauge|Histogram|Summary|Info|Enum|MetricFamily))\(\s*[\"']([a-zA-Z_:][\w:]*)[\"']"

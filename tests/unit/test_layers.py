@@ -1,5 +1,8 @@
-"""The layer rules hold (``lint-imports`` with pyproject's contracts), and they bite: the same
-check on a copy of the package with one forbidden import added fails, naming the contract."""
+"""The layer rules hold (``lint-imports`` with pyproject's contracts), and they bite.
+
+The same check on a copy of the package with one forbidden import added fails, naming the
+contract.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Batch manifests: expansion (counts, exact seeds, precedence), problems with file/item/line/field,
-the digest, the three formats, and the speed of a 10,000-job expansion."""
+"""Batch manifests.
+
+Expansion (counts, exact seeds, precedence), problems with file/item/line/field, the digest, the
+three formats, and the speed of a 10,000-job expansion.
+"""
 
 from __future__ import annotations
 
@@ -805,8 +808,10 @@ DEEP = 5000  # far deeper than MAX_NESTING, deeper than Python's default recursi
 
 
 class _PurePythonManifestLoader(yaml.SafeLoader):
-    """The manifest loader's interface on PyYAML's pure-Python parser (no libyaml), which recurses
-    once per nesting level instead of refusing deep input with a YAML error."""
+    """The manifest loader's interface on PyYAML's pure-Python parser (no libyaml).
+
+    That parser recurses once per nesting level instead of refusing deep input with a YAML error.
+    """
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
@@ -814,8 +819,10 @@ class _PurePythonManifestLoader(yaml.SafeLoader):
 
 
 def _bounded_load_error(path: Path, *, trace_memory: bool = True) -> ManifestError:
-    """Load and expand ``path``, which must fail with a ManifestError (nothing else, no chained
-    exception), within 5 s and (when ``trace_memory``) 64 MiB of Python allocations."""
+    """Load and expand ``path``, which must fail with a ManifestError (nothing else, no chained exception).
+
+    It must fail within 5 s and (when ``trace_memory``) 64 MiB of Python allocations.
+    """
     if trace_memory:
         tracemalloc.start()
     started = time.perf_counter()

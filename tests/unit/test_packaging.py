@@ -1,5 +1,7 @@
-"""The package list in pyproject.toml is the whole farm/ tree (plus the migrations it maps in):
-a new subpackage that is not listed would be missing from wheels and images."""
+"""The package list in pyproject.toml is the whole farm/ tree (plus the migrations it maps in).
+
+A new subpackage that is not listed would be missing from wheels and images.
+"""
 
 from __future__ import annotations
 

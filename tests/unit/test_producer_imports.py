@@ -1,5 +1,7 @@
-"""Producer code stays torch-free: importing it (and running ``farm validate``) loads no torch,
-diffusers, transformers or numpy."""
+"""Producer code stays torch-free.
+
+Importing it (and running ``farm validate``) loads no torch, diffusers, transformers or numpy.
+"""
 
 from __future__ import annotations
 

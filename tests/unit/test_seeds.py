@@ -1,5 +1,8 @@
-"""Seed strategies: prompt-derived seeds are process-independent, sweeps are exact and stay in range,
-pools round-robin, random seeds are valid."""
+"""Seed strategies.
+
+Prompt-derived seeds are process-independent, sweeps are exact and stay in range, pools round-robin,
+random seeds are valid.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The render spec: every rule rejects what it should (property-based), canonical forms round-trip,
-and the job key changes exactly when the render changes."""
+"""The render spec.
+
+Every rule rejects what it should (property-based), canonical forms round-trip, and the job key
+changes exactly when the render changes.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The farm fault tests' harness: a private Redis, worker subprocesses, the FARM_* environment,
-job submission, bounded waits and the exactly-once checks. Imported by tests/acceptance/farm/conftest.py (the
-fixtures) and by the test modules (a uniquely named module: ``conftest`` names clash across test
-folders).
+"""The farm fault tests' harness.
+
+A private Redis, worker subprocesses, the FARM_* environment, job submission, bounded waits and the
+exactly-once checks. Imported by tests/acceptance/farm/conftest.py (the fixtures) and by the test modules (a
+uniquely named module: ``conftest`` names clash across test folders).
 """
 
 from __future__ import annotations
@@ -283,8 +284,11 @@ class FarmEnv:
 
 
 def assert_exactly_once(env: FarmEnv, ids: Sequence[str]) -> list[JobRecord]:
-    """Every job succeeded exactly once: one succeeded event each, an output on disk whose hash the
-    ledger records, and no other job's output."""
+    """Every job succeeded exactly once.
+
+    One succeeded event each, an output on disk whose hash the ledger records, and no other job's
+    output.
+    """
     jobs = env.jobs(ids)
     bad = [(j.id, j.status.value, j.error_type, j.error_message) for j in jobs if j.status.value != "succeeded"]
     assert not bad, f"jobs not succeeded: {bad}"

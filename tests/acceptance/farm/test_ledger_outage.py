@@ -1,5 +1,6 @@
-"""The ledger database goes away for ~20 s mid-batch: workers keep their outputs, retry, and every
-job ends recorded, nothing lost or duplicated.
+"""The ledger database goes away for ~20 s mid-batch.
+
+Workers keep their outputs, retry, and every job ends recorded, nothing lost or duplicated.
 
 The database is a PRIVATE Postgres cluster (``initdb`` into a temporary directory, its own port and
 socket directory), so stopping it disturbs nobody. As root, the Postgres binaries run as the

@@ -1,6 +1,8 @@
-"""Outputs the farm can be trusted with: a corrupt or missing file is never answered from by the
-cache, ``farm audit --repair`` restores it (MATCH, audit clean), and a permanent storage error fails
-its job at once without pushing a healthy worker towards its circuit breaker.
+"""Outputs the farm can be trusted with.
+
+A corrupt or missing file is never answered from by the cache, ``farm audit --repair`` restores it
+(MATCH, audit clean), and a permanent storage error fails its job at once without pushing a healthy
+worker towards its circuit breaker.
 
 Real ``farm worker`` processes, a private Redis, a fresh Postgres ledger, the tiny model on one CPU
 thread; jobs are submitted through :class:`farm.client.Client` (the producer path, with its quick
@@ -71,11 +73,14 @@ def kinds(farm_env: FarmEnv, job_id: str) -> list[str]:
 
 
 def test_a_corrupt_output_is_never_answered_from(farm_env: FarmEnv, client: Client) -> None:
-    """(1) A file changed behind the ledger's back: the producer's quick check sees it changed
-    (mtime past the verified stamp) and sends the job to a worker, whose sha256 check finds it
-    corrupt: the ledger marks it, the job renders, and the writer quarantines the damaged directory
-    and writes it anew. (2) A file ``farm audit`` flagged, whose mtime was kept (bit rot): the
-    ledger's mark alone keeps the cache off it, at submit time and in the worker."""
+    """(1) A file changed behind the ledger's back.
+
+    The producer's quick check sees it changed (mtime past the verified stamp) and sends the job to
+    a worker, whose sha256 check finds it corrupt: the ledger marks it, the job renders, and the
+    writer quarantines the damaged directory and writes it anew. (2) A file ``farm audit`` flagged,
+    whose mtime was kept (bit rot): the ledger's mark alone keeps the cache off it, at submit time
+    and in the worker.
+    """
     worker = farm_env.start_worker("a")
     original = finished(farm_env, submit(client, 7))
     assert original.status.value == "succeeded" and original.cache_of_job_id is None
@@ -120,9 +125,12 @@ def test_a_corrupt_output_is_never_answered_from(farm_env: FarmEnv, client: Clie
 
 
 def test_audit_repair_restores_corrupt_and_missing_outputs(farm_env: FarmEnv, client: Client) -> None:
-    """``farm audit --repair``: a corrupt file and a deleted output directory are quarantined /
-    re-rendered by a worker, verified (MATCH on stdout), the audit after is clean, the cache answers
-    from them again, and the worker never retried nor counted a failure."""
+    """``farm audit --repair``.
+
+    A corrupt file and a deleted output directory are quarantined / re-rendered by a worker,
+    verified (MATCH on stdout), the audit after is clean, the cache answers from them again, and the
+    worker never retried nor counted a failure.
+    """
     farm_env.overrides.update(FARM_CIRCUIT_BREAKER_FAILURES="2")
     worker = farm_env.start_worker("a")
     first, second = (finished(farm_env, submit(client, seed)) for seed in (21, 22))
@@ -158,16 +166,19 @@ def test_audit_repair_restores_corrupt_and_missing_outputs(farm_env: FarmEnv, cl
     hit = client.submit_detailed("a lighthouse in a storm, slow pan", seed=22, steps=SMALL["steps"],
                                  num_frames=SMALL["num_frames"])
     assert hit.first_status == "succeeded" and hit.cache_of is not None
-    row = worker_row(farm_env, worker.name)
-    assert row.state == "idle" and row.consecutive_failures == 0 and row.jobs_failed == 0
+    # (the workers row follows at the next presence beat, FARM_HEARTBEAT_S = 1 s here)
+    row = wait_until(lambda: (r := worker_row(farm_env, worker.name)).state == "idle" and r, 30, what="idle")
+    assert row.consecutive_failures == 0 and row.jobs_failed == 0
 
 
 def test_permanent_storage_errors_fail_fast_and_leave_the_breaker_closed(
     farm_env: FarmEnv, client: Client, tmp_path: Path
 ) -> None:
-    """An output location the store refuses (it resolves outside the output root) fails each job
-    at once — one attempt, no retries — and does not count towards the circuit breaker: three such
-    failures in a row with a breaker at 2, and the worker still renders the next job."""
+    """An output location the store refuses (it resolves outside the output root) fails each job at once.
+
+    One attempt, no retries. It does not count towards the circuit breaker: three such failures in
+    a row with a breaker at 2, and the worker still renders the next job.
+    """
     farm_env.overrides.update(FARM_CIRCUIT_BREAKER_FAILURES="2")
     worker = farm_env.start_worker("a")
     first = finished(farm_env, submit(client, 31))
@@ -181,8 +192,8 @@ def test_permanent_storage_errors_fail_fast_and_leave_the_breaker_closed(
     for job in jobs:
         assert (job.status.value, job.error_type, job.attempts) == ("failed", "OutputRefused", 1), job
         assert "outside the output root" in str(job.error_message)
-    row = worker_row(farm_env, worker.name)
-    assert row.state != "circuit_open" and row.consecutive_failures == 0 and row.jobs_failed == 3
+    row = wait_until(lambda: (r := worker_row(farm_env, worker.name)).jobs_failed == 3 and r, 30, what="3 failed")
+    assert row.state != "circuit_open" and row.consecutive_failures == 0
     innocent = finished(farm_env, submit(client, 32))
     assert innocent.status.value == "succeeded" and innocent.worker_host and worker.name in innocent.worker_host
     assert "circuit breaker OPEN" not in worker.text()

@@ -1,6 +1,8 @@
-"""The queue's pieces without worker processes: names, the Celery app's configuration, message
-validation, the retry policy, fault parsing, device pinning, enqueue against a real (or absent)
-broker, and ``farm reap``."""
+"""The queue's pieces without worker processes.
+
+Names, the Celery app's configuration, message validation, the retry policy, fault parsing,
+device pinning, enqueue against a real (or absent) broker, and ``farm reap``.
+"""
 
 from __future__ import annotations
 
@@ -171,8 +173,11 @@ def test_device_pinning_plan() -> None:
 
 
 def test_worker_cli_pins_the_gpu_before_torch_is_imported() -> None:
-    """In a fresh process: the CLI and the worker modules import no torch; pinning cuda:3 sets
-    CUDA_VISIBLE_DEVICES=3 while torch is still unimported, and pinning after torch is refused."""
+    """In a fresh process: the CLI and the worker modules import no torch.
+
+    Pinning cuda:3 sets CUDA_VISIBLE_DEVICES=3 while torch is still unimported, and pinning
+    after torch is refused.
+    """
     script = """
 import os, sys
 import farm.cli
@@ -243,8 +248,11 @@ def test_farm_reap_requeues_expired_leases_and_sends_lost_messages(
 
 
 def test_periodic_reaper_defers_unsent_jobs_one_pass(farm_env: FarmEnv, redis_server: RedisServer) -> None:
-    """A worker's reaper does not race a producer: a job unsent at one pass is sent at the next
-    if still unsent; a job whose lease it just expired is sent at once."""
+    """A worker's reaper does not race a producer.
+
+    A job unsent at one pass is sent at the next if still unsent; a job whose lease it just
+    expired is sent at once.
+    """
     from farm.queue.enqueue import reap
 
     settings = farm_env.settings()

@@ -1,6 +1,8 @@
-"""The job runner in-process (tiny model, CPU) against a real Postgres ledger: cache hits after the
-model loads, hand-back when told to stop, a lost lease stops the render, poison isolation in the
-grouping, transient storage errors retried."""
+"""The job runner in-process (tiny model, CPU) against a real Postgres ledger.
+
+Cache hits after the model loads, hand-back when told to stop, a lost lease stops the render,
+poison isolation in the grouping, transient storage errors retried.
+"""
 
 from __future__ import annotations
 
@@ -62,8 +64,11 @@ def claim(ledger: Ledger, job_id: str, lease_s: float = 30) -> JobRecord:
 
 
 def test_cache_hit_after_the_model_loads(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
-    """B was queued before A rendered the same job key (no dedup then): once the worker has loaded
-    the model and knows the weights, B is answered from A's output without rendering."""
+    """B was queued before A rendered the same job key (no dedup then).
+
+    Once the worker has loaded the model and knows the weights, B is answered from A's output
+    without rendering.
+    """
     [b] = ledger.add_jobs([new_job(1)])
     [a] = ledger.add_jobs([new_job(1, no_cache=True)])  # same key; no_cache: a normal job, not a follower
     runner = make_runner(ledger, engine, tmp_path)
@@ -83,8 +88,11 @@ def test_cache_hit_after_the_model_loads(ledger: Ledger, engine: Any, tmp_path: 
 
 
 def test_stop_hands_the_jobs_back(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
-    """Told to stop (a worker's shutdown deadline) in the middle of a render: the render stops at
-    its next step and every claimed job goes back to queued, its attempt not counted."""
+    """Told to stop (a worker's shutdown deadline) in the middle of a render.
+
+    The render stops at its next step and every claimed job goes back to queued, its attempt not
+    counted.
+    """
     import threading
 
     ids = ledger.add_jobs([new_job(10, tags={"fault": "sleep:20"}), new_job(11), new_job(12, height=48)])
@@ -105,8 +113,11 @@ def test_stop_hands_the_jobs_back(ledger: Ledger, engine: Any, tmp_path: Path) -
 
 
 def test_a_lost_lease_stops_the_render(ledger: Ledger, engine: Any, tmp_path: Path) -> None:
-    """The job is cancelled while its worker sleeps in the render: the next heartbeat is refused,
-    the render stops early, nothing is recorded over the cancellation."""
+    """The job is cancelled while its worker sleeps in the render.
+
+    The next heartbeat is refused, the render stops early, nothing is recorded over the
+    cancellation.
+    """
     [job_id] = ledger.add_jobs([new_job(20, tags={"fault": "sleep:20"})])
     runner = make_runner(ledger, engine, tmp_path, before_render=apply_faults)
     record = claim(ledger, job_id)

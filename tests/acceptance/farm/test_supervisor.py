@@ -1,5 +1,8 @@
-"""``farm worker --devices``: device lists (GPUs counted with nvidia-smi, never CUDA) and the
-supervisor's restart and signal logic, with trivial child commands."""
+"""``farm worker --devices``.
+
+Device lists (GPUs counted with nvidia-smi, never CUDA) and the supervisor's restart and
+signal logic, with trivial child commands.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""How ``farm worker`` behaves: phase batching over a 60-job batch, interactive jobs first, pickled
-and malformed messages refused, the circuit breaker, SIGTERM. Real processes, a private Redis, a
-fresh Postgres ledger, the tiny model on one CPU thread.
+"""How ``farm worker`` behaves.
+
+Phase batching over a 60-job batch, interactive jobs first, pickled and malformed messages refused,
+the circuit breaker, SIGTERM. Real processes, a private Redis, a fresh Postgres ledger, the tiny
+model on one CPU thread.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from farm.queue.names import QUEUE_BATCH, TASK_RENDER
 
 
 def test_sixty_job_batch_two_workers_phase_batched(farm_env: FarmEnv) -> None:
-    """60 jobs over 2 workers with expert offload and phase batches of 4: 60 succeeded, no
-    duplicates, fewer than 2 expert swaps per job."""
+    """60 jobs over 2 workers with expert offload and phase batches of 4.
+
+    60 succeeded, no duplicates, fewer than 2 expert swaps per job.
+    """
     farm_env.overrides.update(FARM_OFFLOAD="expert", FARM_PHASE_BATCH="4", FARM_LEASE_S="30")
     farm_env.start_worker("a", wait=False)
     farm_env.start_worker("b")
@@ -51,8 +55,11 @@ def test_sixty_job_batch_two_workers_phase_batched(farm_env: FarmEnv) -> None:
 
 
 def test_interactive_jobs_start_before_the_batch_drains(farm_env: FarmEnv) -> None:
-    """One worker busy with a long batch: interactive jobs submitted behind it start before the
-    batch's last job (the queue order rotates: at most one batch job between two takes)."""
+    """One worker busy with a long batch.
+
+    Interactive jobs submitted behind it start before the batch's last job (the queue order
+    rotates: at most one batch job between two takes).
+    """
     farm_env.start_worker("a")
     batch = farm_env.submit(farm_env.new_jobs(10, prefix="slow batch", tags=[{"fault": "sleep:0.7"}] * 10))
     wait_until(lambda: any(j.status.value != "queued" for j in farm_env.jobs(batch)), 90,
@@ -73,8 +80,10 @@ def test_interactive_jobs_start_before_the_batch_drains(farm_env: FarmEnv) -> No
 
 
 def test_pickled_and_malformed_messages_are_refused(farm_env: FarmEnv, tmp_path: Path) -> None:
-    """A pickled farm.render message is refused before it is deserialised (nothing claimed, no code
-    run); a message whose argument is not a job id is rejected; the worker keeps working."""
+    """A pickled farm.render message is refused before it is deserialised (nothing claimed, no code run).
+
+    A message whose argument is not a job id is rejected; the worker keeps working.
+    """
     worker = farm_env.start_worker("a")
     [victim] = farm_env.submit(farm_env.new_jobs(1, prefix="victim"), send=False)
     farm_env.ledger.mark_enqueued([victim])  # so the reaper does not send it properly
@@ -111,8 +120,11 @@ def test_pickled_and_malformed_messages_are_refused(farm_env: FarmEnv, tmp_path:
 
 
 def test_circuit_breaker_stops_consuming(farm_env: FarmEnv) -> None:
-    """Three failing jobs in a row: the worker stops consuming (a following job stays queued while
-    only it runs), records state circuit_open, and stays up; another worker takes the job."""
+    """Three failing jobs in a row.
+
+    The worker stops consuming (a following job stays queued while only it runs), records state
+    circuit_open, and stays up; another worker takes the job.
+    """
     farm_env.overrides.update(FARM_CIRCUIT_BREAKER_FAILURES="3")
     worker = farm_env.start_worker("a")
     failing = farm_env.submit(farm_env.new_jobs(3, prefix="broken", tags=[{"fault": "fail"}] * 3))
@@ -141,9 +153,11 @@ def test_circuit_breaker_stops_consuming(farm_env: FarmEnv) -> None:
 
 
 def test_sigterm_finishes_the_render_or_hands_it_back(farm_env: FarmEnv, redis_server: RedisServer) -> None:
-    """SIGTERM: a render that ends within --stop-timeout (5 s here) is finished and recorded; one
-    that would not is stopped at the deadline and handed back (``released``, attempt not counted,
-    sent again); the worker exits 0 both times."""
+    """SIGTERM: a render that ends within --stop-timeout (5 s here) is finished and recorded.
+
+    One that would not is stopped at the deadline and handed back (``released``, attempt not
+    counted, sent again); the worker exits 0 both times.
+    """
     first = farm_env.start_worker("a")
     [short] = farm_env.submit(farm_env.new_jobs(1, prefix="short", tags=[{"fault": "sleep:2"}]))
     wait_until(lambda: farm_env.ledger.get_job(short).status.value == "running", 90, what="the short render")
@@ -170,9 +184,11 @@ def test_sigterm_finishes_the_render_or_hands_it_back(farm_env: FarmEnv, redis_s
 
 
 def test_gpu_worker_pinned_to_a_missing_gpu_stops_consuming(farm_env: FarmEnv, redis_server: RedisServer) -> None:
-    """``farm worker --device cuda:3`` pins CUDA_VISIBLE_DEVICES=3 and names itself farm-gpu3@<host>;
-    on this GPU-less machine its engine cannot start, so it opens its circuit on the first message
-    and hands the message back instead of failing the job."""
+    """``farm worker --device cuda:3`` pins CUDA_VISIBLE_DEVICES=3 and names itself farm-gpu3@<host>.
+
+    On this GPU-less machine its engine cannot start, so it opens its circuit on the first message
+    and hands the message back instead of failing the job.
+    """
     host = socket.gethostname()
     worker = farm_env.spawn("gpu3", [FARM, "worker", "--device", "cuda:3", "--stop-timeout", "5"], wait=True)
     assert f"farm-gpu3@{host} ready." in worker.text()

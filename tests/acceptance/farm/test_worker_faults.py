@@ -1,6 +1,7 @@
-"""Issue 4's fault tests: killed workers, redelivery past the visibility timeout, a broker restart,
-a poison job. Real ``farm worker`` processes, a private Redis with AOF, a fresh Postgres ledger,
-the tiny model on one CPU thread.
+"""Issue 4's fault tests: killed workers, redelivery past the visibility timeout, a broker restart, a poison job.
+
+Real ``farm worker`` processes, a private Redis with AOF, a fresh Postgres ledger, the tiny model
+on one CPU thread.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ def owner_of(env: FarmEnv, job: JobRecord) -> WorkerProc | None:
 
 
 def test_sigkill_mid_render_three_times(farm_env: FarmEnv) -> None:
-    """SIGKILL a worker in the middle of a render, three times in one batch: every job ends
-    succeeded exactly once, the killed jobs with more than one attempt."""
+    """SIGKILL a worker in the middle of a render, three times in one batch.
+
+    Every job ends succeeded exactly once, the killed jobs with more than one attempt.
+    """
     farm_env.overrides.update(FARM_LEASE_S="5")
     farm_env.start_worker("a", wait=False)
     farm_env.start_worker("b")
@@ -54,8 +57,11 @@ def test_sigkill_mid_render_three_times(farm_env: FarmEnv) -> None:
 
 
 def test_redelivery_past_visibility_timeout_is_dropped(farm_env: FarmEnv) -> None:
-    """A render longer than the visibility timeout: Redis hands the message to a second worker,
-    which drops it (the job runs under a live lease); one claim, one render."""
+    """A render longer than the visibility timeout.
+
+    Redis hands the message to a second worker, which drops it (the job runs under a live
+    lease); one claim, one render.
+    """
     farm_env.overrides.update(FARM_VISIBILITY_TIMEOUT_S="3", FARM_LEASE_S="5")
     farm_env.start_worker("a", wait=False)
     farm_env.start_worker("b")
@@ -77,8 +83,10 @@ def test_redelivery_past_visibility_timeout_is_dropped(farm_env: FarmEnv) -> Non
 
 
 def test_broker_restart_mid_batch(farm_env: FarmEnv, redis_server: RedisServer) -> None:
-    """Kill the broker (SIGKILL) mid-batch and start it again on the same port and AOF dir:
-    every job completes, exactly once."""
+    """Kill the broker (SIGKILL) mid-batch and start it again on the same port and AOF dir.
+
+    Every job completes, exactly once.
+    """
     farm_env.start_worker("a")
     ids = farm_env.submit(farm_env.new_jobs(14, prefix="broker"))
     wait_until(lambda: sum(j.status.value == "succeeded" for j in farm_env.jobs(ids)) >= 3, 120,
@@ -97,8 +105,10 @@ def test_broker_restart_mid_batch(farm_env: FarmEnv, redis_server: RedisServer) 
 
 
 def test_poison_job_stops_at_attempt_cap(farm_env: FarmEnv) -> None:
-    """A job that kills its worker every time ends failed after FARM_MAX_ATTEMPTS with the reason;
-    the supervisor (``farm worker --devices cpu``) restarts the worker; the other jobs succeed."""
+    """A job that kills its worker every time ends failed after FARM_MAX_ATTEMPTS with the reason.
+
+    The supervisor (``farm worker --devices cpu``) restarts the worker; the other jobs succeed.
+    """
     farm_env.overrides.update(FARM_MAX_ATTEMPTS="2", FARM_LEASE_S="5")
     supervisor = farm_env.start_supervisor("cpu")
     tags = [None, None, {"fault": "crash"}, None, None, None]

@@ -1,5 +1,8 @@
-"""A worker's Prometheus endpoint (FARM_WORKER_METRICS_PORT): jobs by outcome, render time, expert
-swaps and transfer bytes from the placement layer. Real worker process, private Redis, Postgres."""
+"""A worker's Prometheus endpoint (FARM_WORKER_METRICS_PORT).
+
+Jobs by outcome, render time, expert swaps and transfer bytes from the placement layer. Real
+worker process, private Redis, Postgres.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""HTTP API fixtures: the REAL Postgres (``pg_url``: a fresh migrated database per test) and a
-PRIVATE ``redis-server`` per test on a free loopback port (never the shared one; nothing is ever
+"""HTTP API fixtures.
+
+The REAL Postgres (``pg_url``: a fresh migrated database per test) and a PRIVATE
+``redis-server`` per test on a free loopback port (never the shared one; nothing is ever
 flushed: each test's server starts empty and is stopped at the end).
 
 * ``redis_server`` — the private Redis (``client``, ``url``; defined in ``tests/conftest.py``);

@@ -1,5 +1,8 @@
-"""Auth on every route: the bearer token (constant-time compare), the one public path, and the
-start-up policy (no token -> refuse, unless loopback + --insecure-local)."""
+"""Auth on every route.
+
+The bearer token (constant-time compare), the one public path, and the start-up policy (no
+token -> refuse, unless loopback + --insecure-local).
+"""
 
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ BAD_HEADERS = [
 
 
 def all_routes(app: object) -> list[tuple[str, str]]:
-    """Every (method, path) the app serves, routers included (FastAPI keeps an included router as
-    one entry that holds the original router)."""
+    """Every (method, path) the app serves, routers included.
+
+    FastAPI keeps an included router as one entry that holds the original router.
+    """
     out = []
     for route in app.routes:  # type: ignore[attr-defined]
         if isinstance(route, APIRoute | Route):

@@ -1,5 +1,8 @@
-"""``POST /v1/batches`` (a manifest as JSON or YAML) and the batch routes: the same expansion and
-rules as a manifest file; a bad item is a 422 naming the item and the field with nothing written."""
+"""``POST /v1/batches`` (a manifest as JSON or YAML) and the batch routes.
+
+The same expansion and rules as a manifest file; a bad item is a 422 naming the item and the
+field with nothing written.
+"""
 
 from __future__ import annotations
 

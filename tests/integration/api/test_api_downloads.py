@@ -1,9 +1,12 @@
-"""Downloads: ``GET /v1/jobs/{id}/video`` and ``/poster`` serve the job's recorded output, only
-from inside FARM_OUTPUT_DIR; 404 before the job succeeded, 409 when the stored file is gone.
+"""Downloads: ``GET /v1/jobs/{id}/video`` and ``/poster`` serve the job's recorded output.
+
+Only from inside FARM_OUTPUT_DIR; 404 before the job succeeded, 409 when the stored file is
+gone.
 
 The job is rendered for real: submitted through the API, then run in-process on the CPU through
 the same :class:`farm.worker.runner.JobRunner` a worker uses (the test imports the engine; the API never
-does)."""
+does).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""``POST /v1/jobs`` and the job routes on the real Postgres ledger and a private Redis: a
-submission is a ledger row plus one message in the right list; bad input is a 4xx naming the
-field and the rule, with nothing written and nothing sent."""
+"""``POST /v1/jobs`` and the job routes on the real Postgres ledger and a private Redis.
+
+A submission is a ledger row plus one message in the right list; bad input is a 4xx naming
+the field and the rule, with nothing written and nothing sent.
+"""
 
 from __future__ import annotations
 

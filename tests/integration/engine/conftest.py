@@ -1,5 +1,7 @@
-"""Fixtures of the render engine tests: the tiny models, one warm engine per session, solo renders
-cached by job key (helpers: ``engine_helpers``).
+"""Fixtures of the render engine tests.
+
+The tiny models, one warm engine per session, solo renders cached by job key (helpers:
+``engine_helpers``).
 
 Every render here is the built-in tiny model at 32x32, 9 frames and the profile's 8 steps (or
 fewer), on one CPU thread.

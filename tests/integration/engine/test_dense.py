@@ -1,5 +1,7 @@
-"""The dense (TI2V-5B-shaped) tiny model through the same adapter: one expert, per-token
-timesteps (``expand_timesteps``), guidance_scale only."""
+"""The dense (TI2V-5B-shaped) tiny model through the same adapter.
+
+One expert, per-token timesteps (``expand_timesteps``), guidance_scale only.
+"""
 
 from __future__ import annotations
 

@@ -27,8 +27,10 @@ SWAPS_PER_JOB = {"none": 0, "model": 2, "expert": 2, "sequential": 2}
 
 
 def replay_max_experts(entries: list[Transfer], start: frozenset[str]) -> int:
-    """Replay the log from ``start`` and return the most experts resident at once, checking that
-    each entry's ``resident_after`` matches the replayed state."""
+    """Replay the log from ``start`` and return the most experts resident at once.
+
+    Check that each entry's ``resident_after`` matches the replayed state.
+    """
     resident = set(start)
     peak = sum(1 for m in resident if m in EXPERTS)
     for e in entries:
@@ -167,8 +169,10 @@ class TestPlacementUnit:
 
 
 def test_group_offloading_hooks_apply_and_come_off() -> None:
-    """The diffusers calls ``sequential`` makes on CUDA, exercised on the CPU (no streams there):
-    the expert computes the same with the hooks, and detaching removes them."""
+    """The diffusers calls ``sequential`` makes on CUDA, exercised on the CPU (no streams there).
+
+    The expert computes the same with the hooks, and detaching removes them.
+    """
     expert = tiny_module._build(get_profile("tiny")).transformer  # a private copy
     gen = torch.Generator().manual_seed(0)
     inputs = {
@@ -192,8 +196,10 @@ def test_group_offloading_hooks_apply_and_come_off() -> None:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_real_copies_on_cpu_give_same_frames(policy: str, tiny: Components, solo: Any) -> None:
-    """``simulate=False`` makes the real moves (host to host copies, re-pointing the parameters,
-    group offloading hooks for ``sequential``): the code path CUDA takes, checked here."""
+    """``simulate=False`` makes the real moves: the code path CUDA takes, checked here.
+
+    Host to host copies, re-pointing the parameters, group offloading hooks for ``sequential``.
+    """
     originals = {name: [p.data_ptr() for p in m.parameters()] for name, m in tiny.modules().items()}
     placement = Placement("cpu", policy, simulate=False)
     adapter = WanAdapter(tiny, placement)

@@ -28,8 +28,10 @@ CPU_OOM = (
 @contextmanager
 def inject(module: torch.nn.Module, should_fail: Callable[[torch.Tensor], bool],
            make_error: Callable[[], Exception]) -> Iterator[list[weakref.ref[torch.Tensor]]]:
-    """A forward pre-hook on ``module`` that raises ``make_error()`` when ``should_fail(latents)``;
-    before raising it allocates a tensor whose weak reference is yielded (to check it is freed)."""
+    """A forward pre-hook on ``module`` that raises ``make_error()`` when ``should_fail(latents)``.
+
+    Before raising it allocates a tensor whose weak reference is yielded (to check it is freed).
+    """
     refs: list[weakref.ref[torch.Tensor]] = []
 
     def hook(_m: Any, _args: Any, kwargs: dict[str, Any]) -> None:

@@ -49,8 +49,7 @@ MakeJob = Callable[..., NewJob]
 
 @pytest.fixture
 def make_job() -> MakeJob:
-    """``make_job(seed=..., prompt=..., max_attempts=..., no_cache=..., batch_index=..., **spec_fields)``
-    -> NewJob."""
+    """``make_job(seed=..., prompt=..., max_attempts=..., no_cache=..., batch_index=..., **spec_fields)`` -> NewJob."""
     counter = iter(range(1, 10**9))
 
     def make(*, max_attempts: int = 3, batch_id: str | None = None, parent_job_id: str | None = None,

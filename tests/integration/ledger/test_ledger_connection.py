@@ -1,5 +1,8 @@
-"""Opening a ledger: the embedded SQLite ledger migrates itself, any other database must already be
-at head; SQLite runs in WAL mode with foreign keys; connection failures are transient errors."""
+"""Opening a ledger.
+
+The embedded SQLite ledger migrates itself, any other database must already be at head; SQLite runs
+in WAL mode with foreign keys; connection failures are transient errors.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Dedup inside ``add_jobs`` / ``create_batch`` on both backends: cache hits (queued -> succeeded at
-once from a job rendered with the model's registered weights), followers (queued behind a leader
-with the same job key, never enqueued or claimed), their resolution when the leader succeeds, and
-their release when it fails or is cancelled."""
+"""Dedup inside ``add_jobs`` / ``create_batch`` on both backends.
+
+Cache hits (queued -> succeeded at once from a job rendered with the model's registered weights),
+followers (queued behind a leader with the same job key, never enqueued or claimed), their
+resolution when the leader succeeds, and their release when it fails or is cancelled.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The farm's gateway methods on both backends: the new job columns, ``claim_more`` (and two
-workers racing for it), ``release``, the enqueue bookkeeping, batch / succeeded listings, and the
-``workers`` and ``models`` tables."""
+"""The farm's gateway methods on both backends.
+
+The new job columns, ``claim_more`` (and two workers racing for it), ``release``, the enqueue
+bookkeeping, batch / succeeded listings, and the ``workers`` and ``models`` tables.
+"""
 
 from __future__ import annotations
 
@@ -293,8 +295,11 @@ def test_worker_seen_inserts_then_updates(ledger, clock) -> None:
 
 
 def test_pace_of_a_batch_and_of_a_list_of_jobs(ledger, make_job, clock) -> None:
-    """What ETAs come from: counts, running progress, rendered jobs finished (cache hits excluded),
-    when the first rendered job was claimed (not when the batch was created), and the workers."""
+    """What ETAs come from.
+
+    Counts, running progress, rendered jobs finished (cache hits excluded), when the first rendered
+    job was claimed (not when the batch was created), and the workers.
+    """
     jobs = [make_job(seed=70 + i, batch_index=i) for i in range(5)]
     batch_id, _ = ledger.create_batch("p" * 64, "pace", "pace.yaml", jobs)
     ids = [j.id for j in ledger.batch_jobs(batch_id)]  # seeds 70..74

@@ -1,6 +1,8 @@
-"""The ledger gateway on both backends: adding jobs and batches, reading them back, the worker life
-cycle (claim, heartbeat, success, failure and retries, cancel, the lease reaper), stars, cache
-lookups and the event trail."""
+"""The ledger gateway on both backends.
+
+Adding jobs and batches, reading them back, the worker life cycle (claim, heartbeat, success,
+failure and retries, cancel, the lease reaper), stars, cache lookups and the event trail.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""A measurement: ``add_jobs`` inserts 10,000 jobs (and their 10,000 "created" events) in one
-transaction, dedup included, well above 1,000 rows/s — also when half of them are duplicates that
-become followers. The rate is printed (run with ``-s`` to see it)."""
+"""A measurement.
+
+``add_jobs`` inserts 10,000 jobs (and their 10,000 "created" events) in one transaction, dedup
+included, well above 1,000 rows/s — also when half of them are duplicates that become followers.
+The rate is printed (run with ``-s`` to see it).
+"""
 
 from __future__ import annotations
 

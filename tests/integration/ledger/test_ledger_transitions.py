@@ -1,5 +1,8 @@
-"""The status machine, enforced by the gateway: every allowed edge works and logs one event; every
-other pair raises IllegalTransition and writes nothing (row unchanged, no event)."""
+"""The status machine, enforced by the gateway.
+
+Every allowed edge works and logs one event; every other pair raises IllegalTransition and writes
+nothing (row unchanged, no event).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Producer-suite fixtures: the REAL Postgres (a fresh migrated database per test, ``pg_url``) and a
-PRIVATE ``redis-server`` per test module on a free port (never the shared one, never FLUSHALL:
-each test deletes only the farm's two queue keys on its own server).
+"""Producer-suite fixtures.
+
+The REAL Postgres (a fresh migrated database per test, ``pg_url``) and a PRIVATE ``redis-server``
+per test module on a free port (never the shared one, never FLUSHALL: each test deletes only the
+farm's two queue keys on its own server).
 
 * ``broker`` — the private Redis: ``lengths()``, ``job_ids(queue)`` (the job ids of the messages
   waiting, decoded from the Celery messages), ``take(queue)`` (pop them, as a worker would);

@@ -1,5 +1,8 @@
-"""Helpers of the producer tests (imported as ``producer_helpers``): a private redis-server, a view
-of the farm's queues in it (decoding the Celery messages), a stand-in worker, manifest writing."""
+"""Helpers of the producer tests (imported as ``producer_helpers``).
+
+A private redis-server, a view of the farm's queues in it (decoding the Celery messages), a
+stand-in worker, manifest writing.
+"""
 
 from __future__ import annotations
 
@@ -57,8 +60,10 @@ RunFarm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run_jobs(ledger: Ledger, settings: Settings, engine: Any, job_ids: list[str]) -> list[Any]:
-    """Run ``job_ids`` through the real runner (claim, render, store, record) on the tiny model,
-    and register the model's weights fingerprint as a worker does."""
+    """Run ``job_ids`` through the real runner (claim, render, store, record) on the tiny model.
+
+    Also register the model's weights fingerprint, as a worker does.
+    """
     from farm.store.writer import OutputWriter
     from farm.worker.runner import JobRunner
 

@@ -1,6 +1,8 @@
-"""Bad input at every producer door (Python API and CLI): a clear error naming the field and the
-rule, and NOTHING written to the ledger and NOTHING sent to the broker (checked in the real
-Postgres and with ``llen`` on the private Redis)."""
+"""Bad input at every producer door (Python API and CLI).
+
+A clear error naming the field and the rule, and NOTHING written to the ledger and NOTHING sent
+to the broker (checked in the real Postgres and with ``llen`` on the private Redis).
+"""
 
 from __future__ import annotations
 

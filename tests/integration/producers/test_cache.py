@@ -1,6 +1,8 @@
-"""Dedup at submission: a job identical to a succeeded one is answered from the cache without a
-message (and fast); ``no_cache`` renders anyway; identical jobs submitted together become one
-leader (rendered once) and followers (answered when it succeeds).
+"""Dedup at submission.
+
+A job identical to a succeeded one is answered from the cache without a message (and fast);
+``no_cache`` renders anyway; identical jobs submitted together become one leader (rendered
+once) and followers (answered when it succeeds).
 
 Jobs are rendered for real: the messages are popped from the private Redis and run through
 :class:`farm.worker.runner.JobRunner` on the built-in tiny model (see ``conftest.work``).

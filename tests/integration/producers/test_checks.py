@@ -1,5 +1,8 @@
-"""Checking what the farm produced and building on it: re-render (match, and a mismatch listing
-the environment differences), the storage audit (ok, missing, corrupt), star and sweep."""
+"""Checking what the farm produced and building on it.
+
+Re-render (match, and a mismatch listing the environment differences), the storage audit (ok,
+missing, corrupt), star and sweep.
+"""
 
 from __future__ import annotations
 

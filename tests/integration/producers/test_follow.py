@@ -1,5 +1,8 @@
-"""Following submitted work: status (counts, progress, ETA), wait (exit codes 0 / 1 / 124),
-results (JSON and CSV contents), cancel (a job or a whole batch, queued and running)."""
+"""Following submitted work.
+
+Status (counts, progress, ETA), wait (exit codes 0 / 1 / 124), results (JSON and CSV
+contents), cancel (a job or a whole batch, queued and running).
+"""
 
 from __future__ import annotations
 
@@ -39,9 +42,12 @@ def _pace(done: int, running: float, first: datetime | None, workers: int, total
 
 
 def test_group_eta_comes_from_the_rendering_pace_not_the_queue_wait() -> None:
-    """The reported case: a batch waited behind other work before any worker touched it; the ETA
-    then must not count that wait as pace. 40 jobs, 10 minutes queued, then 2 workers finish one
-    job every 6 s each: after 10 jobs (30 s of rendering) 30 are left, 90 s at that pace."""
+    """The reported case.
+
+    A batch waited behind other work before any worker touched it; the ETA then must not count
+    that wait as pace. 40 jobs, 10 minutes queued, then 2 workers finish one job every 6 s each:
+    after 10 jobs (30 s of rendering) 30 are left, 90 s at that pace.
+    """
     created = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     first = created + timedelta(minutes=10)
     now = first + timedelta(seconds=30)

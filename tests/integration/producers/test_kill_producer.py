@@ -135,8 +135,11 @@ def test_killed_while_sending_then_resubmitted(
 def test_killed_while_sending_then_reaped(
     tmp_path: Path, farm_env: dict[str, str], pg_url: str, broker: Broker, run_farm: RunFarm
 ) -> None:
-    """Nobody submits again: one ``farm reap`` finds the batch whose sending stalled and sends the
-    rest (a worker's reaper does the same after FARM_LOST_MESSAGE_GRACE_S)."""
+    """Nobody submits again.
+
+    One ``farm reap`` finds the batch whose sending stalled and sends the rest (a worker's reaper
+    does the same after FARM_LOST_MESSAGE_GRACE_S).
+    """
     total = 20_000
     path = manifest(tmp_path, total)
     watch = LedgerWatch(pg_url)

@@ -1,7 +1,10 @@
-"""What a newcomer runs into first: ``Client()`` as documented, a mistyped or stopped broker
-(a clear error and a non-zero exit within seconds; the jobs stay recorded and the reaper sends
-them), sweeps that get one id to follow, ``status``/``wait`` over several ids, and ``--broker-url``
-on every command that talks to the broker."""
+"""What a newcomer runs into first.
+
+``Client()`` as documented, a mistyped or stopped broker (a clear error and a non-zero exit within
+seconds; the jobs stay recorded and the reaper sends them), sweeps that get one id to follow,
+``status``/``wait`` over several ids, and ``--broker-url`` on every command that talks to the
+broker.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +36,10 @@ with Client() as client:
 
 
 def test_client_with_no_arguments_uses_the_farm_settings(tmp_path: Path) -> None:
-    """``Client()`` (as the README shows it) opens the ledger the FARM_* settings name; with
-    nothing set, the embedded one in FARM_DATA_DIR."""
+    """``Client()`` (as the README shows it) opens the ledger the FARM_* settings name.
+
+    With nothing set, the embedded one in FARM_DATA_DIR.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env["FARM_DATA_DIR"] = str(tmp_path / "data")
     proc = subprocess.run([sys.executable, "-c", _CLIENT_NO_ARGS], env=env, capture_output=True, text=True,

@@ -1,6 +1,9 @@
-"""Producers stay light while they work, not only at import: a process that submits a job and a
-batch, follows them, reads results and audits (through the real Postgres and the private Redis)
-never loads torch, diffusers, transformers, numpy, farm.engine or the task module."""
+"""Producers stay light while they work, not only at import.
+
+A process that submits a job and a batch, follows them, reads results and audits (through the
+real Postgres and the private Redis) never loads torch, diffusers, transformers, numpy,
+farm.engine or the task module.
+"""
 
 from __future__ import annotations
 

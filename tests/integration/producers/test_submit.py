@@ -1,5 +1,8 @@
-"""Submitting: the ledger row, exactly one wake-up message in the right queue, seed strategies,
-idempotency keys, and manifest batches (idempotent, in manifest order)."""
+"""Submitting.
+
+The ledger row, exactly one wake-up message in the right queue, seed strategies, idempotency
+keys, and manifest batches (idempotent, in manifest order).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""The producer path's costs and guarantees: one submit is one ledger transaction and one message;
-a message that could not be sent is un-marked (the reaper sends it); a producer that died between
-its commit and its send is caught by the reaper once the queue is empty; and ``wait`` is told
-(Postgres ``LISTEN``/``NOTIFY``) instead of polling."""
+"""The producer path's costs and guarantees.
+
+One submit is one ledger transaction and one message; a message that could not be sent is
+un-marked (the reaper sends it); a producer that died between its commit and its send is caught by
+the reaper once the queue is empty; and ``wait`` is told (Postgres ``LISTEN``/``NOTIFY``) instead
+of polling.
+"""
 
 from __future__ import annotations
 
@@ -73,8 +76,10 @@ def test_the_reaper_resends_a_message_lost_between_commit_and_send(
     ledger: Ledger, settings: Settings, broker: Broker
 ) -> None:
     """A producer that died right after its commit: the job is marked sent but no message exists.
+
     While its queue still holds messages the job may be behind them; once the queue is empty and
-    the grace has passed, the reaper sends it."""
+    the grace has passed, the reaper sends it.
+    """
     spec = parse_spec({"prompt": "a lost message", "seed": 11, "priority": "batch"})
     admitted = ledger.admit([NewJob.from_spec(spec)], mark_sent=True)  # ... and the producer died here
     [job_id] = admitted.job_ids

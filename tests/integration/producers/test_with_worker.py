@@ -1,5 +1,8 @@
-"""The producers against a real farm: a ``farm worker --device cpu`` process consuming the private
-Redis, driven only through the CLI (submit, batch, wait, results, rerender, audit)."""
+"""The producers against a real farm.
+
+A ``farm worker --device cpu`` process consuming the private Redis, driven only through the CLI
+(submit, batch, wait, results, rerender, audit).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The messages farm writes straight into Redis are the messages Celery would send: same
-envelope, headers, properties and body (but for the per-message ids), on the same list — and a
-Celery worker runs them (every worker test sends through this path)."""
+"""The messages farm writes straight into Redis are the messages Celery would send.
+
+Same envelope, headers, properties and body (but for the per-message ids), on the same list —
+and a Celery worker runs them (every worker test sends through this path).
+"""
 
 from __future__ import annotations
 
@@ -73,8 +75,11 @@ def test_publish_goes_to_the_priority_queue_in_order(server: PrivateRedis, tmp_p
 
 
 def test_a_dead_broker_fails_fast(tmp_path: Path) -> None:
-    """redis-py's own reconnect retries are off: a refused connection is an error at once (the
-    caller's backoff and send budget decide how long to keep trying)."""
+    """redis-py's own reconnect retries are off.
+
+    A refused connection is an error at once (the caller's backoff and send budget decide how
+    long to keep trying).
+    """
     import time
 
     import redis

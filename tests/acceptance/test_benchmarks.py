@@ -1,0 +1,48 @@
+"""The benchmarks run (short mode), so they cannot rot.
+
+Each starts its own services, measures the farm side by side with its baseline in the same run, and
+reports the ratio. The full runs and their numbers are in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(script: str, out: Path) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--short", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bulk_submit_benchmark_runs(tmp_path: Path, pg_admin: object) -> None:
+    data = run_bench("bulk_submit.py", tmp_path / "bulk.json")
+    assert data["jobs"] == 1000
+    for key in ("bare_publish_s", "bare_publish_with_events_s", "farm_batch_s", "ratio_vs_bare"):
+        value = data[key]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
+    assert set(data["stages_s"]) == {"expand", "ledger", "enqueue"}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_overhead_benchmark_runs(tmp_path: Path, pg_admin: object) -> None:
+    data = run_bench("overhead.py", tmp_path / "overhead.json")
+    assert data["jobs"] == 5
+    for key in ("bare_round_trip_ms", "farm_overhead_ms", "ratio"):
+        value = data[key]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
+    assert data["status_reads_per_job"] == 2  # told at the commit (LISTEN/NOTIFY), not polled
