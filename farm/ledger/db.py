@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 MIGRATIONS_DIR = Path(str(importlib.resources.files("farm.ledger.migrations")))
 #: Milliseconds an SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Seconds between two tries to switch a busy SQLite file to WAL.
+WAL_SWITCH_RETRY_S = 0.02
 #: Execution option that makes a transaction on SQLite start with ``BEGIN IMMEDIATE``.
 WRITE_OPTION = "farm_write"
 #: Seconds to wait for a Postgres connection before the ledger counts as unavailable.
@@ -89,6 +92,29 @@ def make_engine(url: str | URL, *, echo: bool = False, pre_ping: bool = True) ->
     return create_engine(u, echo=echo, pool_pre_ping=pre_ping, connect_args=connect_args)
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (once: the mode is stored in the file).
+
+    Changing the journal mode needs the file to itself and SQLite answers "database is locked"
+    at once, without its busy handler, while another connection uses it: a fresh embedded ledger
+    opened by several processes at the same moment. So the switch is retried until the busy
+    timeout, and skipped when another connection already made it.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_S)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -99,7 +125,7 @@ def _configure_sqlite(engine: Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
