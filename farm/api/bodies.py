@@ -8,12 +8,10 @@ locations name the request (``request.json: item 2``). Nothing here touches the 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from typing import Any
 
 from farm.errors import InvalidInput, ManifestError
 from farm.manifest import Manifest, parse_manifest
-from farm.manifest.loaders import MAX_NESTING, measure
+from farm.manifest.loaders import MAX_NESTING, loads_noting_duplicates, measure
 from farm.manifest.model import MAX_MANIFEST_BYTES, Issue
 
 #: Media types accepted by ``POST /v1/batches``.
@@ -49,16 +47,8 @@ def _text(body: bytes, source: str) -> str:
 def json_manifest(body: bytes) -> Manifest:
     """A manifest from a JSON object with the YAML manifest's keys (``items``, ``defaults``, ...)."""
     text = _text(body, JSON_SOURCE)
-    duplicates: list[str] = []
-
-    def pairs(kv: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(kv)
-        if len(out) != len(kv):
-            duplicates.extend(k for k, n in Counter(k for k, _ in kv).items() if n > 1)
-        return out
-
     try:
-        data = json.loads(text, object_pairs_hook=pairs)
+        data, duplicates = loads_noting_duplicates(text)
     except json.JSONDecodeError as exc:
         raise ManifestError.one(
             "manifest", "json_syntax", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",

@@ -197,8 +197,11 @@ def _read_jsonl(text: str, source: str) -> Manifest:
     return Manifest(source, "jsonl", content, issues, LineLocator(source, item_lines, header_line), skip)
 
 
-def _parse_jsonl_line(line: str) -> tuple[Any, str | None, str, list[str]]:
-    """(value, error, rule, duplicate keys) of one JSONL line; no duplicate keys when it has an error."""
+def loads_noting_duplicates(text: str) -> tuple[Any, list[str]]:
+    """``json.loads``, plus the keys that appeared twice in one object.
+
+    JSON allows duplicate keys; a manifest must not. Raises what ``json.loads`` raises.
+    """
     duplicates: list[str] = []
 
     def pairs(kv: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -207,11 +210,17 @@ def _parse_jsonl_line(line: str) -> tuple[Any, str | None, str, list[str]]:
             duplicates.extend(k for k, n in Counter(k for k, _ in kv).items() if n > 1)
         return out
 
+    return json.loads(text, object_pairs_hook=pairs), duplicates
+
+
+def _parse_jsonl_line(line: str) -> tuple[Any, str | None, str, list[str]]:
+    """(value, error, rule, duplicate keys) of one JSONL line; no duplicate keys when it has an error."""
+    duplicates: list[str] = []
     obj: Any = None
     error: str | None = None
     rule = "json_syntax"
     try:
-        obj = json.loads(line, object_pairs_hook=pairs)
+        obj, duplicates = loads_noting_duplicates(line)
     except json.JSONDecodeError as exc:
         error = f"not valid JSON: {exc.msg} (column {exc.colno})"
     except RecursionError:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import api_helpers
 from private_redis import PrivateRedis, decode_job_id
 
 from farm.ledger import Ledger
@@ -91,15 +92,7 @@ def write_manifest(path: Path, items: list[dict[str, Any]], **top: Any) -> Path:
 
 def count_rows(database_url: str, table: str) -> int:
     """Rows in a ledger table, read with plain SQL (not through the code under test)."""
-    from sqlalchemy import create_engine, text
-
-    assert table in ("jobs", "batches", "events")
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
-    finally:
-        engine.dispose()
+    return api_helpers.count_rows(database_url, table)
 
 
 def execute_sql(database_url: str, statement: str, **params: Any) -> None:
