@@ -198,6 +198,9 @@ class Client(ReadOps):
         No read-back; a repeated idempotent request reads its first request's jobs.
         """
         first_id = admitted.job_ids[0]
+        self._kinds.update(dict.fromkeys(admitted.job_ids, "job"))  # (a wait on them reads no kind)
+        if batch_id is not None:
+            self._kinds[batch_id] = "batch"
         seeds: list[int]
         strategy: str
         if admitted.created:
@@ -441,15 +444,14 @@ class Client(ReadOps):
         deadline = None if timeout_s is None else self._monotonic() + timeout_s
         first = min(FIRST_POLL_S, poll_s)
         interval = first
-        told_only = False  # (with a live listener and nobody watching progress, read only when told)
         with self.ledger.listen() as listener:  # before reading statuses: no announcement is missed
-            pending = self._unfinished(any_id)
+            report = self._read_status(any_id)
+            pending = self._pending(any_id, report)
+            # (with a live listener and nobody watching progress, read again only when told)
             told_only = listener.live and on_progress is None
             if told_only:
                 interval = poll_s
             while True:
-                report = self.status(any_id)
-                self.status_reads += 1
                 if on_progress is not None:
                     on_progress(report)
                 if report.finished:
@@ -463,10 +465,24 @@ class Client(ReadOps):
                 pause = interval if left is None else min(interval, left)
                 if not listener.live:
                     self._sleep(pause)
+                    interval = min(interval * 2, poll_s)
                 elif listener.wait(pending, pause):
                     interval = poll_s if told_only else first
-                    continue
-                interval = min(interval * 2, poll_s)
+                else:
+                    interval = min(interval * 2, poll_s)
+                report = self._read_status(any_id)
+
+    def _read_status(self, any_id: str | Sequence[str]) -> StatusReport:
+        self.status_reads += 1
+        return self.status(any_id)
+
+    def _pending(self, any_id: str | Sequence[str], report: StatusReport) -> set[str]:
+        """The ids a wait listens for: one job's from its report, else a read of the unfinished."""
+        if report.finished:
+            return set()
+        if report.kind == "job" and isinstance(any_id, str):
+            return {check_id(any_id)}
+        return self._unfinished(any_id)
 
     #: How many times :meth:`wait` read the status (benchmarks count them).
     status_reads = 0

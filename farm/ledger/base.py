@@ -9,6 +9,7 @@ Errors: connection and operational failures become :class:`~farm.errors.LedgerUn
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -42,6 +43,9 @@ class LedgerBase:
         self.url = url
         self._engine: Engine = db.make_engine(url, echo=echo, pre_ping=pre_ping)
         self._clock = clock or utcnow
+        #: One kept done-listener between waits (see :meth:`farm.ledger.reads.LedgerReads.listen`).
+        self._idle_listener: Any = None
+        self._listener_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -73,7 +77,11 @@ class LedgerBase:
         return self._engine.dialect.name
 
     def close(self) -> None:
-        """Close the engine's connections."""
+        """Close the engine's connections (and the kept done-listener's)."""
+        with self._listener_lock:
+            listener, self._idle_listener = self._idle_listener, None
+        if listener is not None:
+            listener.close()
         self._engine.dispose()
 
     def __enter__(self) -> Self:

@@ -7,7 +7,8 @@ goes through that one gateway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -106,15 +107,35 @@ class LedgerReads(LedgerBase):
             found = {JobStatus(s): int(n) for s, n in conn.execute(query)}
         return {s: found.get(s, 0) for s in JobStatus}
 
-    def listen(self) -> DoneListener:
-        """A :class:`~farm.ledger.notify.DoneListener` on this ledger.
+    @contextmanager
+    def listen(self) -> Iterator[DoneListener]:
+        """A started :class:`~farm.ledger.notify.DoneListener` on this ledger, for one wait.
 
-        Start it before reading the statuses you wait on.
+        Start it before reading the statuses you wait on. Its connection is kept for the next
+        wait (one idle listener per ledger, closed by :meth:`close`); a listener whose connection
+        failed is closed, not kept.
         """
         if self.backend != "postgresql":
-            return DoneListener(None)
-        with self._guard():
-            return DoneListener(db.libpq_url(self.url))
+            yield DoneListener(None)
+            return
+        with self._listener_lock:
+            listener, self._idle_listener = self._idle_listener, None
+        if listener is None:
+            listener = DoneListener(db.libpq_url(self.url))
+        healthy = False
+        try:
+            with self._guard():
+                listener.start()
+            yield listener
+            with self._guard():
+                listener.stop()
+            healthy = True
+        finally:
+            with self._listener_lock:
+                if healthy and self._idle_listener is None:
+                    self._idle_listener, listener = listener, None
+            if listener is not None:
+                listener.close()
 
     def unfinished(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> set[str]:
         """The ids of the batch's jobs (or of ``job_ids``) that have not reached a final status."""

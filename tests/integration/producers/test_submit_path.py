@@ -112,6 +112,37 @@ def test_wait_is_told_when_the_job_finishes(client: Client, ledger: Ledger) -> N
     assert client.status_reads - reads == 2  # one read before, one after the announcement
 
 
+def listening_backends(ledger: Ledger) -> int:
+    """How many server connections LISTEN on the done channel right now (any client)."""
+    import psycopg
+
+    from farm.ledger import db
+    from farm.ledger.queueing import DONE_CHANNEL
+
+    with psycopg.connect(db.libpq_url(ledger.url), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND query = %s", (f"LISTEN {DONE_CHANNEL}",)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_waits_share_one_listening_connection_that_is_quiet_between_waits(client: Client, ledger: Ledger) -> None:
+    listeners = []
+    for seed in (11, 12, 13):
+        [job_id] = client.submit("a kite over dunes", seed=seed)
+        succeed(ledger, job_id)
+        reads = client.status_reads
+        with counting_transactions(ledger) as begun:
+            assert client.wait(job_id, timeout_s=10).all_succeeded
+        # a job this client submitted: its kind is known, it is finished at the first read
+        assert client.status_reads - reads == 1 and len(begun) == 1
+        listeners.append(ledger._idle_listener)
+    assert listeners[0] is not None and all(one is listeners[0] for one in listeners)  # one connection, kept
+    # between waits it last ran UNLISTEN: the server queues no announcement for it
+    assert listening_backends(ledger) == 0
+    ledger.close()
+    assert ledger._idle_listener is None
+
+
 def test_wait_on_sqlite_polls_with_backoff(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     with Client(settings=settings) as client:
