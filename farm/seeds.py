@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from farm.errors import InvalidInput
-from farm.spec import MAX_SEED, normalize_prompt
+from farm.spec import MAX_SEED, SEED_RANGE_TEXT, normalize_prompt
 
 #: Domain separation for prompt-derived seeds; changing it changes every derived seed.
 PROMPT_SEED_DOMAIN = b"farm.seed.prompt/1"
@@ -32,19 +32,23 @@ MAX_SWEEP_RADIUS = 10_000
 
 
 def is_valid_seed(seed: object) -> bool:
-    """True for an int (not a bool) in [0, 2^63-1]."""
+    """True for an int (not a bool) in [0, 2^32-1] (:data:`farm.spec.MAX_SEED`)."""
     return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
 
 
 def check_seed(seed: object, field: str = "seed") -> int:
     """``seed`` if it is valid, else :class:`InvalidInput` on ``field``."""
     if not is_valid_seed(seed):
-        raise InvalidInput.one(field, "seed_range", f"must be an integer in [0, 2^63-1], got {seed!r}")
+        raise InvalidInput.one(field, "seed_range", f"must be an integer in {SEED_RANGE_TEXT}, got {seed!r}")
     return seed  # type: ignore[return-value]
 
 
 def seed_from_prompt(prompt: str, salt: str = "") -> int:
-    """A seed derived from the prompt: sha256 of (domain, salt, normalised prompt), 63 bits.
+    """A seed derived from the prompt: sha256 of (domain, salt, normalised prompt), 32 bits.
+
+    The low 32 bits of the digest's first 8 bytes (big-endian): exactly the bits torch's
+    generator used of the 63-bit seed farm derived before ``farm.spec/2``, so a derived seed
+    renders the same frames as it did then.
 
     The same (prompt, salt) gives the same seed in every process, whatever PYTHONHASHSEED is.
     Whitespace and Unicode normalisation do not change it (the same normal form the renderer uses).
@@ -83,7 +87,7 @@ def sweep(base: int, radius: int, *, include_base: bool = True) -> list[int]:
 
 def random_seed() -> int:
     """A seed from the OS's CSPRNG. Record it: that record is the only way to render it again."""
-    return secrets.randbits(63)
+    return secrets.randbits(32)
 
 
 @dataclass

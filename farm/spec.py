@@ -38,7 +38,12 @@ from farm.profiles import PROFILES, SAMPLERS, ModelProfile
 from farm.settings import DEFAULT_MODEL
 
 # -- documented limits -------------------------------------------------------------------------
-MAX_SEED = 2**63 - 1
+#: Seeds are 32-bit: torch's CPU generator (mt19937) keeps the low 32 bits of what
+#: ``manual_seed`` gets, so 7, 7 + 2^32 and 7 + 2^62 draw the same noise. farm's seed space is
+#: exactly what the generator uses, so that two different seeds never render the same frames.
+MAX_SEED = 2**32 - 1
+#: How the seed rule reads in messages and docs.
+SEED_RANGE_TEXT = "[0, 2^32-1] (4294967295; torch's generator keeps 32 bits)"
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE_PX = 32
 MAX_SIDE_PX = 2048
@@ -53,7 +58,10 @@ MAX_TAG_KEY_CHARS = 64
 MAX_TAG_VALUE_CHARS = 256
 #: Version of the canonical form; part of every job key, so a change of canonicalisation rules
 #: can never silently collide with old keys.
-SPEC_VERSION = "farm.spec/1"
+#: farm.spec/2: seeds are 32-bit (farm.spec/1 took [0, 2^63-1]: the generator used the low 32 bits).
+SPEC_VERSION = "farm.spec/2"
+#: Every version a recorded job key may carry, newest first.
+SPEC_VERSIONS: tuple[str, ...] = (SPEC_VERSION, "farm.spec/1")
 
 OutputFormat = Literal["mp4", "mp4+frames"]
 Priority = Literal["interactive", "batch"]
@@ -168,7 +176,7 @@ class RenderSpec(BaseModel):
     @classmethod
     def _seed(cls, v: int) -> int:
         if not 0 <= v <= MAX_SEED:
-            raise PydanticCustomError("seed_range", "must be an integer in [0, 2^63-1]")
+            raise PydanticCustomError("seed_range", "must be an integer in {range}", {"range": SEED_RANGE_TEXT})
         return v
 
     @field_validator("model")
@@ -350,10 +358,23 @@ def job_key_from_canonical(canon: Mapping[str, Any]) -> str:
     return job_key_of({k: canon[k] for k in sorted(RENDER_FIELDS)})
 
 
-def job_key_of(render_params: Mapping[str, Any]) -> str:
+def job_key_of(render_params: Mapping[str, Any], *, version: str = SPEC_VERSION) -> str:
     """sha256 hex of the spec version and the canonical JSON of ``render_params``."""
-    payload = SPEC_VERSION + "\n" + canonical_json(render_params)
+    payload = version + "\n" + canonical_json(render_params)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def recorded_spec_version(canon: Mapping[str, Any], job_key: str) -> str | None:
+    """The spec version under which a recorded canonical form gives its recorded ``job_key``.
+
+    ``None`` when none of :data:`SPEC_VERSIONS` does (the record was altered, or a canonical rule
+    changed without a new version).
+    """
+    try:
+        params = {k: canon[k] for k in sorted(RENDER_FIELDS)}
+    except KeyError:
+        return None
+    return next((v for v in SPEC_VERSIONS if job_key_of(params, version=v) == job_key), None)
 
 
 def _problems_from_pydantic(exc: PydanticValidationError, location: str) -> list[Problem]:
@@ -417,8 +438,16 @@ def parse_spec(data: Mapping[str, Any] | RenderSpec, *, location: str = "") -> R
 
 
 def spec_from_canonical(canon: Mapping[str, Any]) -> RenderSpec:
-    """Rebuild a spec from its canonical form (as stored in the ledger)."""
+    """Rebuild a spec from its canonical form (as stored in the ledger).
+
+    A row recorded under ``farm.spec/1`` may hold a seed above 2^32-1: its frames were drawn by
+    the generator from the seed's low 32 bits, so it comes back as ``seed mod 2^32`` (the same
+    frames; a new job key under this spec version).
+    """
     data = dict(canon)
+    seed = data.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed > MAX_SEED:
+        data["seed"] = seed & MAX_SEED
     if not PROFILES.get(str(data.get("model")), PROFILES[DEFAULT_MODEL]).two_expert:
         data.pop("guidance_scale_2", None)
         data.pop("boundary_ratio", None)

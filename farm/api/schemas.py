@@ -60,7 +60,9 @@ class RenderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: StrictStr
-    seed: StrictInt | None = Field(default=None, description="Explicit seed in [0, 2^63-1].")
+    seed: StrictInt | None = Field(
+        default=None, description="Explicit seed in [0, 2^32-1] (torch's generator keeps 32 bits)."
+    )
     seed_from_prompt: StrictBool = Field(default=False, description="Derive the seed from the prompt (sha256).")
     salt: StrictStr = Field(default="", description="Salt of seed_from_prompt.")
     sweep: Sweep | None = None

@@ -56,7 +56,7 @@ def register(group: click.Group) -> None:
     @json_option()
     @handle_errors()
     def sweep_cmd(base: int, radius: int, exclude_base: bool, as_json: bool) -> None:
-        """The neighbours of BASE, ascending; seeds outside [0, 2^63-1] are skipped."""
+        """The neighbours of BASE, ascending; seeds outside [0, 2^32-1] are skipped."""
         from farm.seeds import sweep
 
         values = sweep(base, radius, include_base=not exclude_base)

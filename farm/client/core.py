@@ -43,6 +43,7 @@ from farm.errors import (
     InvalidInput,
 )
 from farm.settings import Settings, get_settings
+from farm.spec import recorded_spec_version
 
 if TYPE_CHECKING:
     from farm.ledger import JobRecord, Ledger, NewJob
@@ -603,9 +604,10 @@ class Client(ReadOps):
 
     def _rerender_job(self, parent: JobRecord) -> NewJob:
         """A new job that renders ``parent``'s recorded spec again (never from the cache)."""
-        spec = parent.spec()
-        if spec.job_key != parent.job_key:  # the canonical form must round-trip exactly
+        # the recorded canonical form must give the recorded key (under the spec version it was made with)
+        if recorded_spec_version(parent.params, parent.job_key) is None:
             raise InvalidInput.one("job_id", "canonical", f"job {parent.id}'s recorded spec no longer gives its key")
+        spec = parent.spec()  # (a farm.spec/1 seed above 2^32-1 comes back as the seed the generator used)
         return self._new_job(spec, parent_job_id=parent.id, no_cache=True)
 
     def rerender_report(self, child_id: str) -> RerenderReport:

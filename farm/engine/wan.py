@@ -49,7 +49,7 @@ from farm.engine.placement import Placement
 from farm.errors import IncompatibleJob, RenderCancelled
 from farm.profiles import SAMPLERS, ModelProfile
 from farm.seeds import is_valid_seed
-from farm.spec import COMPAT_FIELDS, compatibility_key
+from farm.spec import COMPAT_FIELDS, SEED_RANGE_TEXT, compatibility_key
 
 #: Text tokens the prompt is padded/truncated to (WanPipeline's default, Wan2.2's ``text_len``).
 MAX_SEQUENCE_LENGTH = 512
@@ -131,7 +131,7 @@ def _check_text(canon: Mapping[str, Any], bad: _Bad) -> None:
     if negative is not None and not isinstance(negative, str):
         raise bad("negative_prompt", "must be a string")
     if not is_valid_seed(canon["seed"]):
-        raise bad("seed", "must be an integer in [0, 2^63-1]")
+        raise bad("seed", f"must be an integer in {SEED_RANGE_TEXT}")
 
 
 def _check_frames(canon: Mapping[str, Any], p: ModelProfile, bad: _Bad) -> None:

@@ -38,6 +38,7 @@ from farm.seeds import SeedPool, is_valid_seed, random_seed
 from farm.spec import (
     META_FIELDS,
     RENDER_FIELDS,
+    SEED_RANGE_TEXT,
     RenderSpec,
     canonical_json,
     job_key_of,
@@ -278,7 +279,7 @@ class _Expander:
                         ("seed_pool", j),
                         "seed_pool",
                         "seed_range",
-                        f"seed {j + 1} must be an integer in [0, 2^63-1], got {short_repr(raw_pool[j])}",
+                        f"seed {j + 1} must be an integer in {SEED_RANGE_TEXT}, got {short_repr(raw_pool[j])}",
                     )
                 if not bad:
                     pool, pool_ok = SeedPool(raw_pool), True

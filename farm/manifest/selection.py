@@ -14,7 +14,7 @@ from typing import Any, Literal
 from farm.errors import InvalidInput
 from farm.manifest.model import MAX_JOBS_PER_MANIFEST, ContentPath, short_repr
 from farm.seeds import SeedPool, is_valid_seed, seeds_from_prompt, sweep
-from farm.spec import SeedStrategy
+from farm.spec import SEED_RANGE_TEXT, SeedStrategy
 
 #: The seed strategies a ``seed:`` mapping names (exactly one per mapping).
 SEED_SELECTION_KEYS: tuple[str, ...] = ("from_prompt", "sweep", "random", "pool")
@@ -80,7 +80,7 @@ class SeedSelectionReader:
         if raw == "pool":
             return self.pool_selection(1, here, has_pool)
         if isinstance(raw, int) and not isinstance(raw, bool):
-            self.add(here, "seed", "seed_range", f"must be an integer in [0, 2^63-1], got {raw}")
+            self.add(here, "seed", "seed_range", f"must be an integer in {SEED_RANGE_TEXT}, got {raw}")
             return None
         if isinstance(raw, list):
             self.add(here, "seed", "seed_selection", "a list of seeds goes under seeds: [...]")
@@ -116,7 +116,7 @@ class SeedSelectionReader:
     def seed_list(self, raw: Any, here: ContentPath) -> SeedSelection | None:
         """The selection a ``seeds:`` list makes: valid, distinct seeds, at most the job limit."""
         if not isinstance(raw, list) or not raw:
-            self.add(here, "seeds", "type", "must be a non-empty list of seeds (integers in [0, 2^63-1])")
+            self.add(here, "seeds", "type", f"must be a non-empty list of seeds (integers in {SEED_RANGE_TEXT})")
             return None
         ok = True
         for j, s in enumerate(raw):
@@ -125,7 +125,7 @@ class SeedSelectionReader:
                     (*here, j),
                     "seeds",
                     "seed_range",
-                    f"seed {j + 1} must be an integer in [0, 2^63-1], got {short_repr(s)}",
+                    f"seed {j + 1} must be an integer in {SEED_RANGE_TEXT}, got {short_repr(s)}",
                 )
                 ok = False
         if not ok:

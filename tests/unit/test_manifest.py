@@ -40,9 +40,9 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def prompt_seed(prompt: str, salt: str = "") -> int:
-    """Independent of farm.seeds: sha256(domain NUL salt NUL normalised prompt), first 63 bits."""
+    """Independent of farm.seeds: sha256(domain NUL salt NUL normalised prompt), low 32 bits of the first 8 bytes."""
     payload = PROMPT_SEED_DOMAIN + b"\0" + salt.encode() + b"\0" + normalize_prompt(prompt).encode()
-    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big") % 2**63
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big") % 2**32
 
 
 def drawn(*seeds: int) -> Iterator[int]:
@@ -235,7 +235,7 @@ def test_random_seeds_are_drawn_once_per_job_and_recorded(tmp_path: Path) -> Non
     ]
     assert {j.spec.seed_strategy for j in batch.jobs} == {"random"}
     real = expand(load_manifest(path))  # the real CSPRNG
-    assert all(0 <= j.spec.seed < 2**63 for j in real.jobs)
+    assert all(0 <= j.spec.seed < 2**32 for j in real.jobs)
 
 
 # -- problems: file, item, line, field --------------------------------------------------------

@@ -162,7 +162,7 @@ CATALOGUE: dict[str, Mutation] = {
     "prompt not text": _set("prompt", not_a_str, "type"),
     "prompt missing": _delete("prompt"),
     "seed negative": _set("seed", st.integers(max_value=-1), "seed_range"),
-    "seed above 2^63-1": _set("seed", st.integers(MAX_SEED + 1, 2**80), "seed_range"),
+    "seed above 2^32-1": _set("seed", st.integers(MAX_SEED + 1, 2**80), "seed_range"),
     "seed not an int": _set("seed", not_an_int, "type"),
     "seed missing": _delete("seed"),
     "width not multiple of 16": _set("width", _not_multiple_of_16(), "multiple_of_16"),

@@ -25,6 +25,20 @@ def test_seed_everything_seeds_python_numpy_torch_and_returns_a_fresh_cpu_genera
     assert determinism_state()["deterministic_algorithms"] is True
 
 
+def test_torch_keeps_only_32_bits_of_a_seed_which_is_why_farm_seeds_are_32_bit() -> None:
+    """The fact farm's seed range rests on (farm.spec.MAX_SEED = 2^32-1).
+
+    If a torch release starts using more bits, seeds above 2^32-1 would become distinct renders:
+    this fails, and the range (and SPEC_VERSION) must be reconsidered.
+    """
+    draws = [torch.randn(16, generator=torch.Generator(device="cpu").manual_seed(s)) for s in
+             (7, 7 + 2**32, 7 + 2**62)]
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2]), (
+        "torch's CPU generator now uses more than 32 bits of a seed: revisit farm.spec.MAX_SEED"
+    )
+    assert not torch.equal(draws[0], torch.randn(16, generator=torch.Generator(device="cpu").manual_seed(8)))
+
+
 def test_job_generators_are_independent() -> None:
     a, b = job_generator(7), job_generator(7)
     first = torch.randn(8, generator=a)
@@ -33,7 +47,7 @@ def test_job_generators_are_independent() -> None:
     assert not torch.equal(first, torch.randn(8, generator=job_generator(8)))
 
 
-@pytest.mark.parametrize("bad", [-1, 2**63, 1.0, True, "3"])
+@pytest.mark.parametrize("bad", [-1, 2**32, 2**63, 1.0, True, "3"])
 def test_invalid_seeds_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInput) as info:
         job_generator(bad)  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ API_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"prompt": "a fox", "seed": 1, "width": 33}, "width", "multiple_of_16"),
     ({"prompt": "   ", "seed": 1}, "prompt", "not_blank"),
     ({"prompt": "a fox", "seed": -1}, "seed", "seed_range"),
-    ({"prompt": "a fox", "seed": 2**63}, "seed", "seed_range"),
+    ({"prompt": "a fox", "seed": 2**32}, "seed", "seed_range"),
     ({"prompt": "a fox", "seed": "7"}, "seed", "type"),
     ({"prompt": "a fox", "seed": 1, "num_frames": 8}, "num_frames", "frames_4k_plus_1"),
     ({"prompt": "a fox", "seed": 1, "model": "nope"}, "model", "known_model"),
@@ -200,3 +200,16 @@ def test_cli_unknown_ids_fail_clearly(run_farm: RunFarm) -> None:
 def test_spec_errors_are_spec_errors(client: Client) -> None:
     with pytest.raises(SpecError):
         client.submit("a fox", seed=1, steps=1000)
+
+
+def test_two_seeds_differing_only_above_bit_32_cannot_both_be_submitted(
+    client: Client, broker: Broker, pg_url: str
+) -> None:
+    [job_id] = client.submit("a fox in the snow", seed=7, model="tiny")
+    before = broker.lengths()
+    for twin in (7 + 2**32, 7 + 2**62):
+        with pytest.raises(InvalidInput) as info:
+            client.submit("a fox in the snow", seed=twin, model="tiny")
+        assert [(p.field, p.rule) for p in info.value.problems] == [("seed", "seed_range")]
+    assert count_rows(pg_url, "jobs") == 1 and broker.lengths() == before
+    assert client.get_job(job_id).seed == 7

@@ -89,6 +89,29 @@ def test_rerender_in_another_environment_reports_the_differences(
     assert not any(f.startswith("effective_params") for f in fields)  # same parameters rendered
 
 
+def test_a_job_recorded_under_the_63_bit_seed_rule_rerenders_its_frames(
+    client: Client, ledger: Ledger, work: Work, pg_url: str
+) -> None:
+    from farm.spec import RENDER_FIELDS, job_key_of
+
+    parent_id = rendered(client, work, 7)
+    # Test-only: turn the row into one farm.spec/1 recorded for seed 7 + 2^40 (the generator used 7).
+    old_seed = 7 + 2**40
+    old_params = {**ledger.get_job(parent_id).params, "seed": old_seed}
+    old_key = job_key_of({k: old_params[k] for k in sorted(RENDER_FIELDS)}, version="farm.spec/1")
+    execute_sql(pg_url, "UPDATE jobs SET seed = :seed, job_key = :key, "
+                "params = jsonb_set(params, '{seed}', to_jsonb(CAST(:seed AS bigint))) WHERE id = :id",
+                seed=old_seed, key=old_key, id=parent_id)
+    parent = ledger.get_job(parent_id)
+    assert parent.seed == old_seed and parent.params["seed"] == old_seed
+    report = client.rerender(parent_id)
+    child = ledger.get_job(report.job_id)
+    assert child.seed == 7 and child.job_key != old_key
+    work()
+    done = client.rerender_report(child.id)
+    assert done.match is True and done.frames_sha256 == parent.frames_sha256
+
+
 def test_rerender_refuses_unfinished_jobs_and_times_out(client: Client, work: Work, run_farm: RunFarm) -> None:
     [queued] = client.submit(PROMPT, seed=24)
     with pytest.raises(InvalidInput) as info:
