@@ -52,6 +52,8 @@ MAX_FPS = 60
 MIN_STEPS = 1
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
+#: A guidance scale <= this runs no classifier-free guidance (see :func:`guidance_rendered`).
+GUIDANCE_OFF = 1.0
 MAX_FLOW_SHIFT = 30.0
 MAX_TAGS = 32
 MAX_TAG_KEY_CHARS = 64
@@ -128,6 +130,19 @@ def _check_text(value: str, *, allow_empty: bool) -> str:
             {"limit": MAX_PROMPT_CHARS, "n": len(norm)},
         )
     return norm
+
+
+def guidance_rendered(scale: float) -> float:
+    """The guidance scale an expert renders with; every scale <= 1 is 1.0 (no guidance).
+
+    farm's rule, per expert: a scale > 1 runs classifier-free guidance (a conditional and an
+    unconditional forward per step, ``uncond + scale * (cond - uncond)``); a scale <= 1 runs the
+    conditional forward alone, so every scale in [0, 1] renders the same frames, and the
+    canonical form (hence the job key) says 1.0 for all of them. (diffusers' ``WanPipeline``
+    decides once, from ``guidance_scale``, for both experts; the two agree whenever both scales
+    are > 1 or both are <= 1.)
+    """
+    return max(float(scale), GUIDANCE_OFF)
 
 
 def _check_finite(value: float | None) -> float | None:
@@ -300,8 +315,9 @@ class RenderSpec(BaseModel):
             "num_frames": p.num_frames if self.num_frames is None else self.num_frames,
             "fps": p.fps if self.fps is None else self.fps,
             "steps": p.steps if self.steps is None else self.steps,
-            "guidance_scale": float(p.guidance_scale if self.guidance_scale is None else self.guidance_scale),
-            "guidance_scale_2": float(g2) if p.two_expert and g2 is not None else None,
+            "guidance_scale": guidance_rendered(p.guidance_scale if self.guidance_scale is None
+                                                else self.guidance_scale),
+            "guidance_scale_2": guidance_rendered(g2) if p.two_expert and g2 is not None else None,
             "boundary_ratio": float(boundary) if p.two_expert and boundary is not None else None,
             "flow_shift": float(p.flow_shift if self.flow_shift is None else self.flow_shift),
             "sampler": p.sampler if self.sampler is None else self.sampler,

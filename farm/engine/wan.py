@@ -49,7 +49,7 @@ from farm.engine.placement import Placement
 from farm.errors import IncompatibleJob, RenderCancelled
 from farm.profiles import SAMPLERS, ModelProfile
 from farm.seeds import is_valid_seed
-from farm.spec import COMPAT_FIELDS, SEED_RANGE_TEXT, compatibility_key
+from farm.spec import COMPAT_FIELDS, GUIDANCE_OFF, SEED_RANGE_TEXT, compatibility_key
 
 #: Text tokens the prompt is padded/truncated to (WanPipeline's default, Wan2.2's ``text_len``).
 MAX_SEQUENCE_LENGTH = 512
@@ -413,7 +413,7 @@ class WanAdapter:
         experts = {s.expert for s in segments}
         dtype = self.components.transformer.dtype
         for job in jobs:
-            needs_uncond = any(job.guidance[e] > 1.0 for e in experts)
+            needs_uncond = any(job.guidance[e] > GUIDANCE_OFF for e in experts)
             cond, uncond = self.pipe.encode_prompt(
                 prompt=job.canon["prompt"],
                 negative_prompt=job.canon["negative_prompt"],
@@ -439,7 +439,7 @@ class WanAdapter:
     ) -> None:
         total = len(timesteps)
         scale = job.guidance[segment.expert]
-        cfg = scale > 1.0
+        cfg = scale > GUIDANCE_OFF
         dtype = model.dtype
         assert job.latents is not None
         latents = job.latents
