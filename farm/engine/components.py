@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm.profiles import ModelProfile
@@ -30,6 +30,9 @@ class Components:
     weights_fingerprint: str
     #: Torch dtype name the experts compute in ("float32", "bfloat16").
     dtype: str = "float32"
+    #: The render settings the model directory carries (``boundary_ratio``, ``flow_shift``), checked
+    #: against the profile at load (empty for a model built in code).
+    directory_settings: dict[str, float] = field(default_factory=dict)
 
     def modules(self) -> dict[str, Any]:
         """The torch modules by name (the placement layer's unit of transfer)."""

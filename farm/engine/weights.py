@@ -408,12 +408,68 @@ def _scheduler_class(model_index: dict[str, Any], directory: Path) -> Any:
     return cls
 
 
+#: Where a Diffusers-format scheduler config keeps the flow shift, by scheduler class.
+_SHIFT_KEYS: dict[str, str] = {"UniPCMultistepScheduler": "flow_shift", "FlowMatchEulerDiscreteScheduler": "shift"}
+#: Two settings agree when they differ by less than this (JSON floats round-trip exactly anyway).
+_SETTING_TOLERANCE = 1e-9
+
+
+def directory_settings(directory: Path, model_index: dict[str, Any]) -> dict[str, float]:
+    """The render settings a Diffusers-format directory carries: ``boundary_ratio``, ``flow_shift``.
+
+    ``boundary_ratio`` from ``model_index.json`` (two-expert pipelines), ``flow_shift`` from
+    ``scheduler/scheduler_config.json`` (``flow_shift`` of UniPC, ``shift`` of flow-match Euler).
+    A setting the directory does not carry is left out.
+    """
+    found: dict[str, float] = {}
+    boundary = model_index.get("boundary_ratio")
+    if isinstance(boundary, int | float) and not isinstance(boundary, bool):
+        found["boundary_ratio"] = float(boundary)
+    config_path = directory / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return found
+    key = _SHIFT_KEYS.get(str(config.get("_class_name")), "flow_shift") if isinstance(config, dict) else None
+    shift = config.get(key) if key is not None else None
+    if isinstance(shift, int | float) and not isinstance(shift, bool):
+        found["flow_shift"] = float(shift)
+    return found
+
+
+def check_directory_settings(profile: ModelProfile, directory: Path, model_index: dict[str, Any]) -> dict[str, float]:
+    """Refuse a directory whose own settings disagree with its profile; return them (recorded).
+
+    A job's canonical spec (and so its job key) takes ``boundary_ratio`` and ``flow_shift`` from
+    the profile when it does not set them: a directory that says otherwise would render
+    something its key does not name, or silently lose its own values. :class:`ModelError` names
+    every disagreement, both values and the file.
+    """
+    found = directory_settings(directory, model_index)
+    wanted = {"boundary_ratio": profile.boundary_ratio, "flow_shift": profile.flow_shift}
+    where = {"boundary_ratio": directory / MODEL_INDEX_FILENAME,
+             "flow_shift": directory / "scheduler" / "scheduler_config.json"}
+    problems = [
+        f"{name}: {where[name]} says {found[name]:g}, profile {profile.name} says {wanted[name]:g}"
+        for name in ("boundary_ratio", "flow_shift")
+        if name in found and (wanted[name] is None or abs(found[name] - float(wanted[name])) > _SETTING_TOLERANCE)
+    ]
+    if problems:
+        raise ModelError(
+            f"{directory} disagrees with profile {profile.name} ({'; '.join(problems)}). Job keys name the "
+            "profile's values; fix the directory's file(s) to the profile's values (the weights fingerprint "
+            "records the change) or point the profile at a directory made for it"
+        )
+    return found
+
+
 def load_components(
     profile: ModelProfile, models_path: Path, dtype: str, *, cache_dir: Path | None = None
 ) -> Components:
     """Load ``profile``'s model from ``models_path / profile.weights_subdir`` onto the CPU.
 
-    Checks the directory first (:class:`WeightsNotFound` listing what is missing), fingerprints
+    Checks the directory first (:class:`WeightsNotFound` listing what is missing; :class:`ModelError`
+    when its ``boundary_ratio`` or scheduler ``flow_shift`` disagrees with the profile), fingerprints
     the weights, then loads every component with ``local_files_only=True``: experts and text
     encoder in ``dtype``, the VAE in float32 (as diffusers' Wan examples do); all in eval mode
     with gradients off. ``cache_dir`` receives the fingerprint cache if the weights directory
@@ -427,6 +483,7 @@ def load_components(
     if profile.two_expert != ("transformer_2" in declared):
         kind = "two-expert" if "transformer_2" in declared else "dense (one transformer)"
         raise ModelError(f"{directory} holds a {kind} model, but profile {profile.name} is {profile.kind}")
+    settings = check_directory_settings(profile, directory, model_index)
     fingerprint = weights_fingerprint(directory, cache_dir=cache_dir)
 
     import torch
@@ -467,4 +524,5 @@ def load_components(
         expand_timesteps=bool(model_index.get("expand_timesteps", False)),
         weights_fingerprint=fingerprint,
         dtype=dtype,
+        directory_settings=settings,
     )

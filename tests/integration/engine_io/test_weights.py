@@ -116,10 +116,11 @@ def test_dense_directory_reads_expand_timesteps(models_path: Path) -> None:
     index = json.loads((directory / "model_index.json").read_text())
     index.update(transformer_2=[None, None], boundary_ratio=None, expand_timesteps=True)
     (directory / "model_index.json").write_text(json.dumps(index))
+    _edit_json(directory / "scheduler" / "scheduler_config.json", flow_shift=5.0)  # the dense profile's
     comps = W.load_components(tiny_profile(dense=True), models_path, "float32")
     assert comps.expand_timesteps is True
     assert comps.transformer_2 is None
-    with pytest.raises(ModelError, match="dense"):  # a two-expert profile on a dense directory
+    with pytest.raises(ModelError, match="dense \\(one transformer\\)"):  # a two-expert profile, dense dir
         (directory / "transformer_2").mkdir()
         (directory / "transformer_2" / "config.json").write_text("{}")
         (directory / "transformer_2" / "model.safetensors").write_bytes(b"x")
@@ -360,3 +361,49 @@ def test_hash_file_streams_in_chunks(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 + 17)
     path.write_bytes(data)
     assert W.hash_file(path, chunk_bytes=1024) == hashlib.sha256(data).hexdigest()
+
+
+# -- the directory's own settings against the profile --------------------------------------------
+
+
+def _edit_json(path: Path, **values: Any) -> None:
+    data = json.loads(path.read_text())
+    data.update(values)
+    path.write_text(json.dumps(data))
+
+
+def test_a_directory_that_agrees_with_its_profile_loads_and_records_its_settings(models_path: Path) -> None:
+    comps = W.load_components(PROFILE, models_path, "float32")
+    assert comps.directory_settings == {"boundary_ratio": PROFILE.boundary_ratio, "flow_shift": PROFILE.flow_shift}
+
+
+def test_a_directory_whose_settings_disagree_with_its_profile_is_refused_naming_both_values(
+    models_path: Path,
+) -> None:
+    directory = models_path / TINY_SUBDIR
+    _edit_json(directory / "model_index.json", boundary_ratio=0.9)
+    _edit_json(directory / "scheduler" / "scheduler_config.json", flow_shift=12.0)
+    with pytest.raises(ModelError) as info:
+        W.load_components(PROFILE, models_path, "float32")
+    text = str(info.value)
+    assert f"boundary_ratio: {directory / 'model_index.json'} says 0.9, profile tiny says 0.875" in text
+    assert f"flow_shift: {directory / 'scheduler' / 'scheduler_config.json'} says 12, profile tiny says 3" in text
+
+
+@pytest.mark.parametrize("edit", ["boundary_ratio", "flow_shift"])
+def test_each_setting_alone_is_checked(models_path: Path, edit: str) -> None:
+    directory = models_path / TINY_SUBDIR
+    if edit == "boundary_ratio":
+        _edit_json(directory / "model_index.json", boundary_ratio=0.5)
+    else:
+        _edit_json(directory / "scheduler" / "scheduler_config.json", flow_shift=3.5)
+    with pytest.raises(ModelError, match=f"{edit}: .* says (0.5|3.5), profile tiny says"):
+        W.load_components(PROFILE, models_path, "float32")
+
+
+def test_an_euler_scheduler_directory_is_read_by_its_own_key(models_path: Path) -> None:
+    config = models_path / TINY_SUBDIR / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0,
+                                  "num_train_timesteps": 1000}))
+    found = W.directory_settings(models_path / TINY_SUBDIR, {"boundary_ratio": 0.875})
+    assert found == {"boundary_ratio": 0.875, "flow_shift": 7.0}
