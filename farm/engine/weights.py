@@ -449,11 +449,12 @@ def check_directory_settings(profile: ModelProfile, directory: Path, model_index
     wanted = {"boundary_ratio": profile.boundary_ratio, "flow_shift": profile.flow_shift}
     where = {"boundary_ratio": directory / MODEL_INDEX_FILENAME,
              "flow_shift": directory / "scheduler" / "scheduler_config.json"}
-    problems = [
-        f"{name}: {where[name]} says {found[name]:g}, profile {profile.name} says {wanted[name]:g}"
-        for name in ("boundary_ratio", "flow_shift")
-        if name in found and (wanted[name] is None or abs(found[name] - float(wanted[name])) > _SETTING_TOLERANCE)
-    ]
+    problems = []
+    for name, value in found.items():
+        want = wanted[name]
+        if want is None or abs(value - want) > _SETTING_TOLERANCE:
+            said = "nothing (a dense model)" if want is None else f"{want:g}"
+            problems.append(f"{name}: {where[name]} says {value:g}, profile {profile.name} says {said}")
     if problems:
         raise ModelError(
             f"{directory} disagrees with profile {profile.name} ({'; '.join(problems)}). Job keys name the "
