@@ -32,6 +32,11 @@ DEFAULT_HEARTBEAT_S = 20
 DEFAULT_MAX_ATTEMPTS = 3
 #: Compatible jobs a worker renders together with expert-phase batching.
 DEFAULT_PHASE_BATCH = 4
+#: torch's CPU thread count for renders, the same on every node unless set (FARM_TORCH_THREADS).
+#: Frames depend on it (a CPU conv3d sums in another order with more threads), so it is fixed,
+#: not left at torch's default (the machine's core count), and recorded in every job's
+#: environment fingerprint.
+DEFAULT_TORCH_THREADS = 1
 #: Seconds Redis waits before redelivering an unacknowledged message. Must stay above the
 #: longest render (A14B 720P: ~1,050 s on an H100); the ledger lease, not this, stops double renders.
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200
@@ -82,7 +87,10 @@ class Settings(BaseSettings):
     lease_s: int = Field(default=DEFAULT_LEASE_S, ge=5)
     heartbeat_s: int = Field(default=DEFAULT_HEARTBEAT_S, ge=1)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
-    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads for renders.")
+    torch_threads: int = Field(
+        default=DEFAULT_TORCH_THREADS, ge=1,
+        description="torch.set_num_threads for renders: frames depend on it, keep it the same on every node.",
+    )
     # -- the farm (Celery on Redis) ---------------------------------------------------------------
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     reap_interval_s: float = Field(default=DEFAULT_REAP_INTERVAL_S, gt=0)

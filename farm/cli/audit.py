@@ -54,6 +54,9 @@ def _print_rerender(r: RerenderReport, waited: bool) -> None:
     else:
         click.echo(f"MISMATCH: frames sha256 {r.frames_sha256}, job {r.parent_job_id} had "
                    f"{r.parent_frames_sha256}", err=True)
+        causes = r.causes
+        click.echo("why: " + ("; ".join(causes) if causes else "nothing recorded differs that changes frames "
+                              "(same parameters, weights and environment): report it"), err=True)
     if r.finished and (r.differences or r.match is False):
         click.echo(f"differences ({len(r.differences)}):" if r.differences else "no recorded differences", err=True)
         for d in r.differences:

@@ -27,6 +27,7 @@ from farm.client.reports import (
     AuditReport,
     RepairItem,
     differences,
+    explain,
 )
 from farm.ledger.records import OutputMark
 from farm.store import OutputState
@@ -89,10 +90,13 @@ def repair_item(
         return item(UNFINISHED, f"the re-render is {'unfinished' if child is None else child.status.value}")
     if child.status.value != "succeeded":
         return item(FAILED, f"the re-render {child.status.value}: {child.error_type}: {child.error_message}")
-    diffs = [str(d) for d in differences(parent, child)]
+    found = differences(parent, child)
+    diffs = [str(d) for d in found]
     if child.frames_sha256 != parent.frames_sha256:
+        causes = explain(found)
+        why = "; ".join(causes) if causes else "nothing recorded differs that changes frames"
         return item(MISMATCH, f"frames sha256 {child.frames_sha256} differ from the recorded "
-                              f"{parent.frames_sha256}; the original output stays missing", diffs)
+                              f"{parent.frames_sha256}; the original output stays missing; why: {why}", diffs)
     if restored is None or not restored.ok:
         why = "not checked" if restored is None else f"{restored.state.value}: {restored.detail}"
         return item(FAILED, f"same frames, but the stored file is still bad ({why})", diffs)

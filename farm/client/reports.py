@@ -8,7 +8,7 @@ Torch-free, SQLAlchemy-free.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -264,6 +264,11 @@ class RerenderReport:
     error: str | None = None
 
     @property
+    def causes(self) -> list[str]:
+        """The differences that can explain other frames, most telling first (:func:`explain`)."""
+        return explain(self.differences)
+
+    @property
     def finished(self) -> bool:
         """True when the re-render is in a terminal status."""
         return self.status in TERMINAL_STATUSES
@@ -272,6 +277,7 @@ class RerenderReport:
         """The report as a JSON-ready dict, with ``finished``."""
         out = asdict(self)
         out["finished"] = self.finished
+        out["causes"] = self.causes
         return out
 
 
@@ -296,6 +302,56 @@ def differences(parent: JobRecord, child: JobRecord) -> list[Difference]:
     b = {**flat(child.env_fingerprint, "env"), **flat(child.effective_params, "effective_params")}
     a["weights_fingerprint"] = parent.weights_fingerprint
     b["weights_fingerprint"] = child.weights_fingerprint
+    return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+#: How a difference between two renders' records can change the frames, most telling first:
+#: (field prefix, what it is, why it matters).
+_CAUSES: tuple[tuple[str, str, str], ...] = (
+    ("effective_params.", "rendered parameters", "the two renders did not render the same thing"),
+    ("weights_fingerprint", "weights", "other model weights"),
+    ("env.torch_num_threads", "torch CPU threads",
+     "frames depend on the CPU thread count; set FARM_TORCH_THREADS the same on every node"),
+    ("env.device", "device", "CPU and GPU kernels give other floats"),
+    ("env.gpu_names", "GPU model", "kernels differ between GPU models"),
+    ("env.cuda", "CUDA build", "kernels differ between CUDA releases"),
+    ("env.cudnn", "cuDNN build", "kernels differ between cuDNN releases"),
+    ("env.torch", "torch build", "kernels differ between torch releases"),
+    ("env.diffusers", "diffusers release", "the sampler or the expert switch step may differ"),
+    ("env.transformers", "transformers release", "the text encoder may compute differently"),
+    ("env.tokenizers", "tokenizers release", "the prompt may tokenize differently"),
+    ("env.numpy", "numpy release", "frame post-processing may differ"),
+    ("env.determinism.", "determinism flags", "non-deterministic kernels were allowed in one of them"),
+    ("env.machine", "CPU architecture", "other CPU kernels"),
+    ("env.python", "Python", "another interpreter"),
+    ("env.ffmpeg", "ffmpeg build", "changes the MP4 bytes, not the frames"),
+    ("env.imageio_ffmpeg", "imageio-ffmpeg", "changes the MP4 bytes, not the frames"),
+    ("env.pillow", "Pillow", "changes the poster bytes, not the frames"),
+)
+
+
+def explain(diffs: Sequence[Difference]) -> list[str]:
+    """Why two renders' frames may differ: one line per recorded cause, the most telling first.
+
+    E.g. ``torch CPU threads: 1 -> 2 (frames depend on the CPU thread count; ...)``. Differences
+    that cannot change frames or bytes (the platform string, the process environment) are left
+    out; none left means the records do not explain the mismatch.
+    """
+    lines = []
+    for prefix, what, why in _CAUSES:
+        hits = [d for d in diffs if d.field == prefix or (prefix.endswith(".") and d.field.startswith(prefix))]
+        if hits:
+            changes = "; ".join(
+                f"{d.parent!r} -> {d.child!r}" if len(hits) == 1 else f"{d.field.removeprefix(prefix)} "
+                f"{d.parent!r} -> {d.child!r}" for d in hits
+            )
+            lines.append(f"{what}: {changes} ({why})")
+    return lines
+
+
+def env_differences(parent_env: Mapping[str, Any], child_env: Mapping[str, Any]) -> list[Difference]:
+    """The differences between two environment fingerprints (fields named ``env.<key>``)."""
+    a, b = flat(parent_env, "env"), flat(child_env, "env")
     return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 

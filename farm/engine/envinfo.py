@@ -25,7 +25,8 @@ from typing import Any
 from farm.settings import process_environment
 
 #: Version of the fingerprint's layout; part of ``env_digest``.
-ENV_FINGERPRINT_FORMAT = "farm.env/1"
+#: farm.env/2 added ``device`` (the device type the render ran on) to the digested fields.
+ENV_FINGERPRINT_FORMAT = "farm.env/2"
 #: Distributions whose versions are recorded.
 PACKAGES: tuple[str, ...] = (
     "torch", "diffusers", "transformers", "tokenizers", "accelerate", "safetensors", "numpy",
@@ -35,7 +36,7 @@ PACKAGES: tuple[str, ...] = (
 #: builds change the file bytes, not the frames, and are recorded but not digested).
 DIGEST_FIELDS: tuple[str, ...] = (
     "format", "machine", "python", "torch", "diffusers", "transformers", "tokenizers", "numpy",
-    "cuda", "cudnn", "gpu_names", "determinism", "torch_num_threads",
+    "cuda", "cudnn", "gpu_names", "determinism", "torch_num_threads", "device",
 )
 #: Hex characters of the sha256 kept as ``env_digest``.
 ENV_DIGEST_CHARS = 16
@@ -92,8 +93,11 @@ def env_digest(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(subset).encode("utf-8")).hexdigest()[:ENV_DIGEST_CHARS]
 
 
-def environment_fingerprint(*, init_cuda: bool = False) -> dict[str, Any]:
-    """The environment a render runs in, as a JSON-ready dict with an ``env_digest``."""
+def environment_fingerprint(*, init_cuda: bool = False, device: str | None = None) -> dict[str, Any]:
+    """The environment a render runs in, as a JSON-ready dict with an ``env_digest``.
+
+    ``device``: the torch device the renders run on; its type (``cpu``, ``cuda``) is recorded.
+    """
     from farm.store.encode import ffmpeg_version_line
 
     versions = {name: package_version(name) for name in PACKAGES}
@@ -106,6 +110,7 @@ def environment_fingerprint(*, init_cuda: bool = False) -> dict[str, Any]:
         **{name.replace("-", "_"): version for name, version in versions.items()},
         "ffmpeg": ffmpeg_version_line(),
         "process_env": process_environment(),
+        "device": None if device is None else device.split(":", 1)[0],
         **_torch_facts(init_cuda),
     }
     out["env_digest"] = env_digest(out)

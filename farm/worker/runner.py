@@ -468,7 +468,7 @@ class JobRunner:
         if self._env is None:
             from farm.engine.envinfo import environment_fingerprint
 
-            self._env = environment_fingerprint()
+            self._env = environment_fingerprint(device=self.worker_device)
         return self._env
 
     def handle_success(

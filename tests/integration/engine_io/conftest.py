@@ -31,10 +31,26 @@ def tiny_profile(subdir: str = TINY_SUBDIR, *, dense: bool = False) -> ModelProf
     )
 
 
-def build_tiny_pipeline() -> Any:
-    """A tiny two-expert WanPipeline built in code (configs from the shared notes)."""
+#: The "wide" variant: a VAE much wider than the tiny one (base_dim 32, dim_mult 1,2,4,4: at
+#: 128x128 and 17 frames its CPU conv3d gives other floats with 1 and 2 threads) and wider experts.
+WIDE_SUBDIR = "Wide-T2V-Diffusers"
+
+
+def build_tiny_pipeline(*, wide: bool = False, sampler: str = "unipc", flow_shift: float = 3.0,
+                        boundary_ratio: float = 0.875) -> Any:
+    """A tiny two-expert WanPipeline built in code (configs from the shared notes).
+
+    ``wide``: the wider variant (:data:`WIDE_SUBDIR`); ``sampler``: the scheduler diffusers itself
+    builds and saves (``unipc``: UniPC with flow sigmas, ``euler``: flow-match Euler).
+    """
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -55,9 +71,9 @@ def build_tiny_pipeline() -> Any:
 
     def expert() -> Any:
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-            out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            patch_size=(1, 2, 2), num_attention_heads=4 if wide else 2, attention_head_dim=16 if wide else 12,
+            in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=128 if wide else 32,
+            num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         )
 
     text_encoder = seeded(1, lambda: UMT5EncoderModel(UMT5Config(
@@ -65,14 +81,19 @@ def build_tiny_pipeline() -> Any:
         relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
     )))
     vae = seeded(0, lambda: AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=32 if wide else 3, z_dim=16, dim_mult=[1, 2, 4, 4] if wide else [1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
     ))
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-    )
+    scheduler: Any
+    if sampler == "unipc":
+        scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
+        )
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=flow_shift)
     return WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-        transformer=seeded(2, expert), transformer_2=seeded(3, expert), boundary_ratio=0.875,
+        transformer=seeded(2, expert), transformer_2=seeded(3, expert), boundary_ratio=boundary_ratio,
     )
 
 
@@ -102,3 +123,19 @@ def models_path(tmp_path: Path, tiny_source: tuple[Path, Any]) -> Path:
     models = tmp_path / "models"
     shutil.copytree(src, models / TINY_SUBDIR, copy_function=shutil.copy2)
     return models
+
+
+def save_pipeline(root: Path, subdir: str, **options: Any) -> Path:
+    """:func:`build_tiny_pipeline` with ``options``, saved with ``save_pretrained`` under ``root/subdir``."""
+    directory = root / subdir
+    build_tiny_pipeline(**options).save_pretrained(directory)
+    age_tree(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def wide_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding the wide model (:data:`WIDE_SUBDIR`; read only)."""
+    root = tmp_path_factory.mktemp("wide-models")
+    save_pipeline(root, WIDE_SUBDIR, wide=True)
+    return root

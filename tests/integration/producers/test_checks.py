@@ -67,8 +67,8 @@ def test_rerender_in_another_environment_reports_the_differences(
     execute_sql(
         pg_url,
         "UPDATE jobs SET frames_sha256 = :frames, weights_fingerprint = :weights, env_fingerprint = "
-        "jsonb_set(jsonb_set(env_fingerprint, '{torch}', '\"2.4.0+cu121\"'), '{cuda}', '\"12.1\"') "
-        "WHERE id = :id",
+        "jsonb_set(jsonb_set(jsonb_set(env_fingerprint, '{torch}', '\"2.4.0+cu121\"'), '{cuda}', '\"12.1\"'), "
+        "'{torch_num_threads}', '4') WHERE id = :id",
         frames="0" * 64, weights="f" * 64, id=parent_id,
     )
     proc = subprocess.Popen([FARM, "rerender", parent_id, "--wait", "--timeout", "120", "--poll", "0.1"],
@@ -81,6 +81,10 @@ def test_rerender_in_another_environment_reports_the_differences(
     assert proc.returncode == 1, err
     assert "MISMATCH" in err and "0" * 64 in err
     assert "env.torch: '2.4.0+cu121' -> " in err and "weights_fingerprint: 'fff" in err
+    # the explanation: the frame-affecting differences, the most telling first
+    [why] = [line for line in err.splitlines() if line.startswith("why: ")]
+    assert why.index("weights: ") < why.index("torch CPU threads: 4 -> 1") < why.index("CUDA build: '12.1' -> None")
+    assert "FARM_TORCH_THREADS" in why and "torch build: '2.4.0+cu121' -> " in why
     report = client.rerender_report(out.split()[0])
     assert report.match is False
     fields = {d.field: (d.parent, d.child) for d in report.differences}
