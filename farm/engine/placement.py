@@ -323,9 +323,9 @@ class Placement:
             self._host_copies[name] = pairs
 
     def _apply_group_offloading(self, module: torch.nn.Module) -> None:
-        from diffusers.hooks.group_offloading import _is_group_offload_enabled, apply_group_offloading
+        from diffusers.hooks.group_offloading import apply_group_offloading  # public (diffusers.hooks exports it)
 
-        if _is_group_offload_enabled(module):
+        if diffusers_private("_is_group_offload_enabled")(module):
             return
         apply_group_offloading(
             module,
@@ -338,19 +338,13 @@ class Placement:
 
     @staticmethod
     def _remove_group_offloading(module: torch.nn.Module) -> None:
-        from diffusers.hooks.group_offloading import (
-            _GROUP_OFFLOADING,
-            _LAYER_EXECUTION_TRACKER,
-            _LAZY_PREFETCH_GROUP_OFFLOADING,
-            _is_group_offload_enabled,
-        )
-        from diffusers.hooks.hooks import HookRegistry
+        from diffusers.hooks.hooks import HookRegistry  # public (diffusers.hooks exports it)
 
-        if not _is_group_offload_enabled(module):
+        if not diffusers_private("_is_group_offload_enabled")(module):
             return
         registry = HookRegistry.check_if_exists_or_initialize(module)
-        for hook in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
-            registry.remove_hook(hook, recurse=True)
+        for hook in ("_GROUP_OFFLOADING", "_LAYER_EXECUTION_TRACKER", "_LAZY_PREFETCH_GROUP_OFFLOADING"):
+            registry.remove_hook(diffusers_private(hook), recurse=True)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -434,13 +428,39 @@ class Placement:
 
     @staticmethod
     def _force_group_offload(module: torch.nn.Module) -> None:
-        from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
-
+        name = diffusers_private("_GROUP_OFFLOADING")
         for sub in module.modules():
             registry = getattr(sub, "_diffusers_hook", None)
-            hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
+            hook = registry.get_hook(name) if registry is not None else None
             if hook is not None:
                 hook.group.offload_()
+
+
+#: diffusers' group-offloading internals farm needs, from ``diffusers.hooks.group_offloading``.
+#: Enabling group offloading and the hook registry are public (``diffusers.hooks``); asking whether
+#: a module has it, removing it and reaching a block group's ``offload_`` are not. farm names them
+#: here, once; ``tests/integration/engine/test_diffusers_internals.py`` fails with a clear message
+#: when the pinned diffusers renames or changes them.
+DIFFUSERS_PRIVATE: tuple[str, ...] = (
+    "_is_group_offload_enabled", "_GROUP_OFFLOADING", "_LAYER_EXECUTION_TRACKER", "_LAZY_PREFETCH_GROUP_OFFLOADING",
+)
+
+
+def diffusers_private(name: str) -> Any:
+    """One of :data:`DIFFUSERS_PRIVATE` from the installed diffusers, or a RuntimeError saying what changed."""
+    import diffusers
+    from diffusers.hooks import group_offloading
+
+    if name not in DIFFUSERS_PRIVATE:
+        raise ValueError(f"{name!r} is not one of the diffusers internals farm uses: {DIFFUSERS_PRIVATE}")
+    try:
+        return getattr(group_offloading, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"diffusers {diffusers.__version__} has no diffusers.hooks.group_offloading.{name}: farm's sequential "
+            "offload policy depends on it (farm/engine/placement.py); pin the diffusers release farm was tested "
+            "with or port the placement to the new internals"
+        ) from None
 
 
 #: Pinned host allocations above this size are not rounded up to a power of two. torch rounds
