@@ -45,6 +45,19 @@ class OutputFormat(StrEnum):
     MP4_FRAMES = "mp4+frames"
 
 
+class Preset(StrEnum):
+    """Speed presets: how much quality a render trades for time (see :mod:`farm.spec`).
+
+    ``final`` renders exactly (the profile's steps, no step caching); ``draft`` takes the profile's
+    draft steps and step caching (diffusers' First Block Cache at the profile's threshold);
+    ``custom`` takes step caching at the spec's own ``cache_threshold``.
+    """
+
+    FINAL = "final"
+    DRAFT = "draft"
+    CUSTOM = "custom"
+
+
 class Sampler(StrEnum):
     """The denoising schedulers a spec may name."""
 

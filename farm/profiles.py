@@ -64,6 +64,13 @@ class ModelProfile:
     description: str = ""
     #: Files a Diffusers-format directory must contain (relative paths).
     required_files: tuple[str, ...] = field(default_factory=tuple)
+    # the ``draft`` speed preset: fewer steps, and step caching (First Block Cache) at this threshold
+    draft_steps: int = 0
+    draft_cache_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.draft_steps <= self.steps:
+            object.__setattr__(self, "draft_steps", max(1, self.steps // 2))
 
     @property
     def two_expert(self) -> bool:
@@ -110,6 +117,8 @@ PROFILES: dict[str, ModelProfile] = {
             negative_prompt=WAN_DEFAULT_NEGATIVE_PROMPT,
             description="Wan2.2 text-to-video, two 14B experts (high-noise, low-noise)",
             required_files=_A14B_FILES,
+            draft_steps=20,
+            draft_cache_threshold=0.1,
         ),
         ModelProfile(
             name="wan2.2-ti2v-5b",
@@ -130,6 +139,8 @@ PROFILES: dict[str, ModelProfile] = {
             negative_prompt=WAN_DEFAULT_NEGATIVE_PROMPT,
             description="Wan2.2 text/image-to-video 5B, one dense expert (expand_timesteps)",
             required_files=_DENSE_FILES,
+            draft_steps=25,
+            draft_cache_threshold=0.1,
         ),
         ModelProfile(
             name="tiny",
@@ -148,6 +159,8 @@ PROFILES: dict[str, ModelProfile] = {
             height=32,
             max_frames=33,
             description="built-in tiny random two-expert model (tests, embedded default)",
+            draft_steps=4,
+            draft_cache_threshold=0.2,
         ),
         ModelProfile(
             name="tiny-dense",
@@ -167,6 +180,8 @@ PROFILES: dict[str, ModelProfile] = {
             max_frames=33,
             size_multiple=32,
             description="built-in tiny random dense model shaped like TI2V-5B",
+            draft_steps=4,
+            draft_cache_threshold=0.2,
         ),
     )
 }

@@ -34,6 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
 from farm.errors import Problem, SpecError
+from farm.kinds import Preset
 from farm.profiles import PROFILES, SAMPLERS, ModelProfile
 from farm.settings import DEFAULT_MODEL
 
@@ -55,12 +56,16 @@ MAX_GUIDANCE = 30.0
 #: A guidance scale <= this runs no classifier-free guidance (see :func:`guidance_rendered`).
 GUIDANCE_OFF = 1.0
 MAX_FLOW_SHIFT = 30.0
+#: Step caching's threshold (First Block Cache: the relative change of the first block's residual
+#: below which a step reuses the rest of the transformer's last output) lies in (0, this].
+MAX_CACHE_THRESHOLD = 1.0
 MAX_TAGS = 32
 MAX_TAG_KEY_CHARS = 64
 MAX_TAG_VALUE_CHARS = 256
 #: Version of the canonical form; part of every job key, so a change of canonicalisation rules
 #: can never silently collide with old keys.
-#: farm.spec/2: seeds are 32-bit (farm.spec/1 took [0, 2^63-1]: the generator used the low 32 bits).
+#: farm.spec/2: seeds are 32-bit (farm.spec/1 took [0, 2^63-1]: the generator used the low 32 bits),
+#: guidance <= 1 is canonically 1.0, and step caching (``cache_threshold``) is a render field.
 SPEC_VERSION = "farm.spec/2"
 #: Every version a recorded job key may carry, newest first.
 SPEC_VERSIONS: tuple[str, ...] = (SPEC_VERSION, "farm.spec/1")
@@ -68,6 +73,7 @@ SPEC_VERSIONS: tuple[str, ...] = (SPEC_VERSION, "farm.spec/1")
 OutputFormat = Literal["mp4", "mp4+frames"]
 Priority = Literal["interactive", "batch"]
 SeedStrategy = Literal["explicit", "pool", "prompt", "sweep", "random"]
+PresetName = Literal["final", "draft", "custom"]
 
 #: Fields that change the frames or the output bytes: these make the job key.
 RENDER_FIELDS: tuple[str, ...] = (
@@ -86,7 +92,10 @@ RENDER_FIELDS: tuple[str, ...] = (
     "flow_shift",
     "sampler",
     "output_format",
+    "cache_threshold",
 )
+#: The render fields of ``farm.spec/1`` (before step caching): how its job keys were made.
+RENDER_FIELDS_V1: tuple[str, ...] = tuple(f for f in RENDER_FIELDS if f != "cache_threshold")
 #: Fields K jobs must share to be rendered together with expert-phase batching (the scheduler's
 #: timesteps and the switch step, the latent shape, the model). Prompts, seeds and guidance differ.
 COMPAT_FIELDS: tuple[str, ...] = (
@@ -98,9 +107,12 @@ COMPAT_FIELDS: tuple[str, ...] = (
     "sampler",
     "flow_shift",
     "boundary_ratio",
+    "cache_threshold",
 )
-#: Fields recorded with the job that do not change its output.
-META_FIELDS: tuple[str, ...] = ("priority", "allow_degrade", "tags", "seed_strategy")
+#: Fields recorded with the job that do not change its output. (The preset's *effect*, its steps
+#: and cache threshold, is in the key; its name is not: a draft and a custom spec with the same
+#: concrete settings render the same frames and share one key.)
+META_FIELDS: tuple[str, ...] = ("priority", "allow_degrade", "tags", "seed_strategy", "preset")
 
 _WS_RE = re.compile(r"\s+")
 _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]+$")
@@ -170,6 +182,8 @@ class RenderSpec(BaseModel):
     boundary_ratio: StrictFloat | StrictInt | None = None
     flow_shift: StrictFloat | StrictInt | None = None
     sampler: StrictStr | None = None
+    preset: PresetName = "final"
+    cache_threshold: StrictFloat | StrictInt | None = None
     output_format: OutputFormat = "mp4"
     priority: Priority = "batch"
     allow_degrade: StrictBool = False
@@ -267,6 +281,14 @@ class RenderSpec(BaseModel):
             raise PydanticCustomError("flow_shift_range", "must be in (0, {hi}]", {"hi": MAX_FLOW_SHIFT})
         return None if v is None else float(v)
 
+    @field_validator("cache_threshold")
+    @classmethod
+    def _cache_threshold(cls, v: float | None) -> float | None:
+        v = _check_finite(v)
+        if v is not None and not 0.0 < v <= MAX_CACHE_THRESHOLD:
+            raise PydanticCustomError("cache_threshold_range", "must be in (0, {hi}]", {"hi": MAX_CACHE_THRESHOLD})
+        return None if v is None else float(v)
+
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str | None) -> str | None:
@@ -314,13 +336,15 @@ class RenderSpec(BaseModel):
             "height": p.height if self.height is None else self.height,
             "num_frames": p.num_frames if self.num_frames is None else self.num_frames,
             "fps": p.fps if self.fps is None else self.fps,
-            "steps": p.steps if self.steps is None else self.steps,
+            "steps": self._steps_rendered(p),
             "guidance_scale": guidance_rendered(p.guidance_scale if self.guidance_scale is None
                                                 else self.guidance_scale),
             "guidance_scale_2": guidance_rendered(g2) if p.two_expert and g2 is not None else None,
             "boundary_ratio": float(boundary) if p.two_expert and boundary is not None else None,
             "flow_shift": float(p.flow_shift if self.flow_shift is None else self.flow_shift),
             "sampler": p.sampler if self.sampler is None else self.sampler,
+            "preset": self.preset,
+            "cache_threshold": self._cache_rendered(p),
             "output_format": self.output_format,
             "priority": self.priority,
             "allow_degrade": self.allow_degrade,
@@ -328,6 +352,18 @@ class RenderSpec(BaseModel):
             "seed_strategy": self.seed_strategy,
         }
         return dict(sorted(out.items()))
+
+    def _steps_rendered(self, p: ModelProfile) -> int:
+        """The steps: the spec's, else the preset's (``draft``: the profile's draft steps)."""
+        if self.steps is not None:
+            return self.steps
+        return p.draft_steps if self.preset == Preset.DRAFT.value else p.steps
+
+    def _cache_rendered(self, p: ModelProfile) -> float | None:
+        """Step caching's threshold: none for ``final``, the profile's for ``draft``, the spec's for ``custom``."""
+        if self.preset == Preset.DRAFT.value:
+            return float(p.draft_cache_threshold)
+        return self.cache_threshold if self.preset == Preset.CUSTOM.value else None
 
     def render_params(self) -> dict[str, Any]:
         """The canonical fields that change the output (what the job key hashes)."""
@@ -386,11 +422,12 @@ def recorded_spec_version(canon: Mapping[str, Any], job_key: str) -> str | None:
     ``None`` when none of :data:`SPEC_VERSIONS` does (the record was altered, or a canonical rule
     changed without a new version).
     """
-    try:
-        params = {k: canon[k] for k in sorted(RENDER_FIELDS)}
-    except KeyError:
-        return None
-    return next((v for v in SPEC_VERSIONS if job_key_of(params, version=v) == job_key), None)
+    for version in SPEC_VERSIONS:
+        names = RENDER_FIELDS if version == SPEC_VERSION else RENDER_FIELDS_V1
+        if all(k in canon for k in names) and job_key_of({k: canon[k] for k in sorted(names)},
+                                                         version=version) == job_key:
+            return version
+    return None
 
 
 def _problems_from_pydantic(exc: PydanticValidationError, location: str) -> list[Problem]:
@@ -430,6 +467,12 @@ def _check_against_profile(spec: RenderSpec, location: str) -> list[Problem]:
                 Problem(name, f"multiple_of_{p.size_multiple}", f"must be a multiple of {p.size_multiple} "
                         f"for {p.name}", location)
             )
+    if spec.preset == Preset.CUSTOM.value and spec.cache_threshold is None:
+        problems.append(Problem("cache_threshold", "required_by_preset", "preset custom needs a cache_threshold",
+                                location))
+    if spec.preset != Preset.CUSTOM.value and spec.cache_threshold is not None:
+        problems.append(Problem("cache_threshold", "set_by_preset", f"preset {spec.preset} sets it; use preset "
+                                "custom to choose one", location))
     if spec.num_frames is not None and spec.num_frames > p.max_frames:
         problems.append(
             Problem("num_frames", "frames_bounds", f"must be at most {p.max_frames} for {p.name}", location)
@@ -461,6 +504,8 @@ def spec_from_canonical(canon: Mapping[str, Any]) -> RenderSpec:
     frames; a new job key under this spec version).
     """
     data = dict(canon)
+    if data.get("preset", Preset.FINAL.value) != Preset.CUSTOM.value:
+        data.pop("cache_threshold", None)  # derived from the preset (and the profile)
     seed = data.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and seed > MAX_SEED:
         data["seed"] = seed & MAX_SEED

@@ -80,6 +80,10 @@ class RenderRequest(BaseModel):
     boundary_ratio: Number | None = None
     flow_shift: Number | None = None
     sampler: StrictStr | None = None
+    preset: Literal["final", "draft", "custom"] | None = Field(
+        default=None, description="Speed preset: final (exact), draft (fewer steps + step caching), custom."
+    )
+    cache_threshold: Number | None = Field(default=None, description="Step caching threshold (preset custom).")
     output_format: Literal["mp4", "mp4+frames"] | None = None
     allow_degrade: StrictBool = False
     tags: dict[StrictStr, StrictStr] = Field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Working with jobs already submitted: ``farm cancel ID``, ``farm star JOB [--unstar]``, ``farm sweep JOB --radius R``.
+"""Working with jobs already submitted: ``farm cancel``, ``farm star``, ``farm sweep``, ``farm promote``.
 
 * ``cancel`` takes a job or a batch: queued and running jobs are cancelled (a worker sees it at
   its next heartbeat); finished ones are listed and left alone. Exit 0.
@@ -6,6 +6,9 @@
 * ``sweep`` queues the neighbours of a succeeded job's seed (seed-R..seed+R without the seed
   itself) as one batch, the same spec otherwise, each recording the job as its parent. Any succeeded job may
   be swept, starred or not.
+* ``promote`` renders succeeded drafts (``--preset draft`` or ``custom``) again at ``final``: the
+  same prompt, seed and size, the profile's full steps, no step caching; each new job records the
+  draft as its parent. Several drafts become one batch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from farm.cli.submit import submission_summary
 
 
 def register(group: click.Group) -> None:
-    """Add ``farm cancel``, ``farm star`` and ``farm sweep`` to ``group``."""
+    """Add ``farm cancel``, ``farm star``, ``farm sweep`` and ``farm promote`` to ``group``."""
     @group.command("cancel")
     @click.argument("any_id", metavar="ID")
     @client_options
@@ -73,6 +76,30 @@ def register(group: click.Group) -> None:
             error = client.last_send_error
         if as_json:
             emit_json({"parent_job_id": job_id, **sub.to_dict()})
+        else:
+            for new_id in sub.job_ids:
+                click.echo(new_id)
+            submission_summary(sub.to_dict())
+        not_sent_exit(sub.not_sent, error)
+
+    @group.command("promote")
+    @click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+    @option("--priority", type=click.Choice(["interactive", "batch"]), default=None,
+            help="Queue of the final renders (default: each draft's own).")
+    @client_options
+    @json_option()
+    @handle_errors()
+    def promote(job_ids: tuple[str, ...], priority: str | None, database_url: str | None, broker_url: str | None,
+                as_json: bool) -> None:
+        """Render succeeded drafts again at the final preset (same prompt, seed and size).
+
+        Prints the new job ids; several drafts become one batch (its id on stderr and in --json).
+        """
+        with open_client(database_url, broker_url) as client:
+            sub = client.promote(list(job_ids), priority=priority)
+            error = client.last_send_error
+        if as_json:
+            emit_json({"parent_job_ids": list(job_ids), **sub.to_dict()})
         else:
             for new_id in sub.job_ids:
                 click.echo(new_id)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from farm.cli.common import broker_option, database_option, option, settings_with
-from farm.kinds import OutputFormat, Priority, Sampler, values
+from farm.kinds import OutputFormat, Preset, Priority, Sampler, values
 from farm.profiles import PROFILES
 
 if TYPE_CHECKING:
@@ -73,6 +73,11 @@ def spec_options(fn: F) -> F:
         option("--boundary-ratio", type=float, default=None, help="Expert switch boundary in (0, 1)."),
         option("--flow-shift", type=float, default=None, help="Scheduler flow shift."),
         option("--sampler", type=click.Choice(values(Sampler)), default=None, help="Sampler."),
+        option("--preset", type=click.Choice(values(Preset)), default=None,
+               help="Speed preset: final (exact; default), draft (the profile's draft steps + step caching), "
+                    "custom (step caching at --cache-threshold)."),
+        option("--cache-threshold", type=float, default=None,
+               help="Step caching threshold in (0, 1] for --preset custom (higher: faster, rougher)."),
         option("--output-format", type=click.Choice(values(OutputFormat)), default=None, help="Outputs to write."),
         option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory."),
         option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable)."),

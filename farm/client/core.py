@@ -71,6 +71,7 @@ NO_CACHE_DOMAIN = "no-cache:"
 #: Source name recorded for the pseudo batches of idempotent submissions and sweeps.
 SUBMIT_SOURCE = "farm-submit"
 SWEEP_SOURCE = "farm-sweep"
+PROMOTE_SOURCE = "farm-promote"
 #: Domain of the digest of a group that is new on every call (a sweep without idempotency key).
 GROUP_DOMAIN = "group:"
 
@@ -582,6 +583,40 @@ class Client(ReadOps):
         admitted, sent, not_sent = self._admit_batch(
             _sha256(GROUP_DOMAIN + str(uuid.uuid4())), f"sweep {parent.seed}±{radius} of job {parent.id}",
             SWEEP_SOURCE, new_jobs)
+        return self._submission(admitted, sent, not_sent, specs, admitted.batch_id)
+
+    def promote(self, job_ids: str | Sequence[str], *, priority: str | None = None) -> JobSubmission:
+        """Render succeeded drafts again at the ``final`` preset, each as a child job.
+
+        For each job (a ``draft`` or ``custom`` preset render that succeeded): the same prompt,
+        negative prompt, seed, model, size, frames, fps, guidance, sampler and flow settings,
+        preset ``final`` (the profile's full steps, no step caching), ``parent_job_id`` = the
+        draft. Several jobs become one batch (its id follows them all). A final render that
+        already exists answers from the cache.
+        """
+        from farm.spec import parse_spec
+
+        ids = [job_ids] if isinstance(job_ids, str) else list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput.one("job_ids", "min_1", "give at least one draft job id")
+        specs, new_jobs = [], []
+        for index, job_id in enumerate(ids):
+            parent = self._succeeded(job_id, "only a succeeded draft can be promoted")
+            if parent.params.get("preset", "final") == "final":
+                raise InvalidInput.one("job_id", "not_a_draft", f"job {parent.id} is already a final render")
+            data = parent.spec().model_dump()
+            data.update(preset="final", cache_threshold=None, steps=None)
+            if priority is not None:
+                data["priority"] = priority
+            spec = parse_spec(data)
+            specs.append(spec)
+            new_jobs.append(self._new_job(spec, parent_job_id=parent.id, batch_index=index if len(ids) > 1 else None))
+        if len(new_jobs) == 1:
+            admitted, sent, not_sent = self._admit(new_jobs)
+            return self._submission(admitted, sent, not_sent, specs, None)
+        admitted, sent, not_sent = self._admit_batch(
+            _sha256(GROUP_DOMAIN + str(uuid.uuid4())), f"promote {len(ids)} draft(s) to final", PROMOTE_SOURCE,
+            new_jobs)
         return self._submission(admitted, sent, not_sent, specs, admitted.batch_id)
 
     # -- checking --------------------------------------------------------------------------------

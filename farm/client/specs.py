@@ -35,6 +35,8 @@ SPEC_OPTIONS: dict[str, str] = {
     "boundary_ratio": "boundary_ratio",
     "flow_shift": "flow_shift",
     "sampler": "sampler",
+    "preset": "preset",
+    "cache_threshold": "cache_threshold",
     "output_format": "output_format",
 }
 #: Spec fields a producer may not pass through ``**spec_fields``: the client sets them.

@@ -46,6 +46,7 @@ from farm.determinism import job_generator
 from farm.engine.components import Components
 from farm.engine.memory import oom_guard
 from farm.engine.placement import Placement
+from farm.engine.stepcache import StepCache
 from farm.errors import IncompatibleJob, RenderCancelled
 from farm.profiles import SAMPLERS, ModelProfile
 from farm.seeds import is_valid_seed
@@ -157,7 +158,7 @@ def _check_size(canon: Mapping[str, Any], p: ModelProfile, spatial_multiple: int
 
 
 def _check_sampling(canon: Mapping[str, Any], bad: _Bad) -> None:
-    """``steps``, ``sampler``, ``flow_shift`` and ``guidance_scale``."""
+    """``steps``, ``sampler``, ``flow_shift``, ``guidance_scale`` and ``cache_threshold``."""
     if not _positive_int(canon["steps"]):
         raise bad("steps", "must be a positive integer")
     if canon["sampler"] not in SAMPLERS:
@@ -166,6 +167,9 @@ def _check_sampling(canon: Mapping[str, Any], bad: _Bad) -> None:
         raise bad("flow_shift", "must be a positive number")
     if not _number(canon["guidance_scale"]) or canon["guidance_scale"] < 0:
         raise bad("guidance_scale", "must be a number >= 0")
+    cache = canon["cache_threshold"]
+    if cache is not None and (not _number(cache) or not 0 < cache <= 1):
+        raise bad("cache_threshold", "must be None (no step caching) or a number in (0, 1]")
 
 
 def _check_experts(canon: Mapping[str, Any], p: ModelProfile, bad: _Bad) -> None:
@@ -265,6 +269,8 @@ class _Job:
     cancelled: bool = False
     steps: dict[str, int] = field(default_factory=lambda: {"transformer": 0, "transformer_2": 0})
     forwards: dict[str, int] = field(default_factory=lambda: {"transformer": 0, "transformer_2": 0})
+    #: Forwards that ran the tail blocks (the others reused the step cache's residual).
+    full: dict[str, int] = field(default_factory=lambda: {"transformer": 0, "transformer_2": 0})
 
 
 class WanAdapter:
@@ -370,15 +376,17 @@ class WanAdapter:
             self._prepare_latents(jobs)
         seconds["encode"] = time.perf_counter() - start
 
-        for segment in segments:
-            start = time.perf_counter()
-            with oom_guard(f"denoise:{segment.phase}", device):
-                self.placement.use(segment.expert)
-                model = self.placement.modules[segment.expert]
-                for job in jobs:
-                    if not job.cancelled:
-                        self._run_segment(job, model, segment, timesteps, on_step)
-            seconds[segment.phase] = seconds.get(segment.phase, 0.0) + time.perf_counter() - start
+        experts = {s.expert: self.placement.modules[s.expert] for s in segments}
+        with StepCache(experts, first.get("cache_threshold")) as cache:
+            for segment in segments:
+                start = time.perf_counter()
+                with oom_guard(f"denoise:{segment.phase}", device):
+                    self.placement.use(segment.expert)
+                    model = self.placement.modules[segment.expert]
+                    for job in jobs:
+                        if not job.cancelled:
+                            self._run_segment(job, model, segment, timesteps, on_step, cache)
+                seconds[segment.phase] = seconds.get(segment.phase, 0.0) + time.perf_counter() - start
 
         start = time.perf_counter()
         outcomes = []
@@ -390,7 +398,7 @@ class WanAdapter:
                 job.latents = job.prompt_embeds = job.negative_embeds = None
                 outcomes.append(
                     JobOutcome(index=job.index, canon=job.canon, frames=frames, cancelled=job.cancelled,
-                               stats=self._job_stats(job))
+                               stats=self._job_stats(job, cache))
                 )
         seconds["decode"] = time.perf_counter() - start
 
@@ -435,9 +443,11 @@ class WanAdapter:
             )
 
     def _run_segment(
-        self, job: _Job, model: Any, segment: Segment, timesteps: torch.Tensor, on_step: StepCallback | None
+        self, job: _Job, model: Any, segment: Segment, timesteps: torch.Tensor, on_step: StepCallback | None,
+        cache: StepCache,
     ) -> None:
         total = len(timesteps)
+        full_before = cache.full.get(segment.expert, 0)
         scale = job.guidance[segment.expert]
         cfg = scale > GUIDANCE_OFF
         dtype = model.dtype
@@ -458,7 +468,7 @@ class WanAdapter:
                 "sigma": float(job.scheduler.sigmas[i]),
                 "num_inference_steps": total,
             }
-            with model.cache_context("cond", **cache_kwargs):
+            with model.cache_context(cache.context(job.index, "cond"), **cache_kwargs):
                 noise_pred = model(
                     hidden_states=latent_model_input,
                     timestep=timestep,
@@ -468,7 +478,7 @@ class WanAdapter:
                 )[0]
             forwards = 1
             if cfg:
-                with model.cache_context("uncond", **cache_kwargs):
+                with model.cache_context(cache.context(job.index, "uncond"), **cache_kwargs):
                     noise_uncond = model(
                         hidden_states=latent_model_input,
                         timestep=timestep,
@@ -484,6 +494,8 @@ class WanAdapter:
             job.steps[segment.expert] += 1
             job.forwards[segment.expert] += forwards
             self.forward_counts[segment.expert] += forwards
+            job.full[segment.expert] += cache.full.get(segment.expert, 0) - full_before
+            full_before = cache.full.get(segment.expert, 0)
             if on_step is not None and self._cancelled(on_step, job, total, segment.phase):
                 job.cancelled = True
                 job.latents = job.prompt_embeds = job.negative_embeds = None
@@ -512,11 +524,14 @@ class WanAdapter:
             return np.ascontiguousarray(frames)
         return np.ascontiguousarray((frames * 255).astype(np.uint8))
 
-    def _job_stats(self, job: _Job) -> dict[str, Any]:
+    def _job_stats(self, job: _Job, cache: StepCache) -> dict[str, Any]:
         experts = ("transformer",) if self.dense else ("transformer", "transformer_2")
-        return {
+        stats: dict[str, Any] = {
             "steps_done": job.steps_done,
             "steps": {e: job.steps[e] for e in experts},
             "forwards": {e: job.forwards[e] for e in experts},
             "guidance": {e: job.guidance[e] for e in experts},
         }
+        if cache.enabled:
+            stats["cache"] = cache.stats(job.forwards, {e: job.full[e] for e in experts})
+        return stats

@@ -254,12 +254,12 @@ def _read_jsonl_header(header: dict[str, Any], lineno: int, content: dict[str, A
 
 #: CSV columns and the type their cells are converted to. ``tag:<key>`` columns set tags.
 CSV_INT_COLUMNS = frozenset({"seed", "width", "height", "num_frames", "fps", "steps"})
-CSV_FLOAT_COLUMNS = frozenset({"guidance_scale", "guidance_scale_2", "boundary_ratio", "flow_shift"})
+CSV_FLOAT_COLUMNS = frozenset({"guidance_scale", "guidance_scale_2", "boundary_ratio", "flow_shift", "cache_threshold"})
 CSV_BOOL_COLUMNS = frozenset({"allow_degrade"})
 #: Text kept exactly as written (the spec normalises prompts).
 CSV_RAW_TEXT_COLUMNS = frozenset({"prompt", "negative_prompt"})
 #: Text with surrounding spaces removed.
-CSV_TEXT_COLUMNS = frozenset({"model", "sampler", "output_format", "priority", "size"})
+CSV_TEXT_COLUMNS = frozenset({"model", "sampler", "preset", "output_format", "priority", "size"})
 CSV_TAG_PREFIX = "tag:"
 CSV_COLUMNS = CSV_INT_COLUMNS | CSV_FLOAT_COLUMNS | CSV_BOOL_COLUMNS | CSV_RAW_TEXT_COLUMNS | CSV_TEXT_COLUMNS
 

@@ -707,7 +707,8 @@ def test_csv_columns_cover_every_scalar_spec_field() -> None:
     scalar = set(RenderSpec.model_fields) - {"tags", "seed_strategy"}
     assert scalar <= CSV_COLUMNS
     assert set(CSV_INT_COLUMNS) == {"seed", "width", "height", "num_frames", "fps", "steps"}
-    assert set(CSV_FLOAT_COLUMNS) == {"guidance_scale", "guidance_scale_2", "boundary_ratio", "flow_shift"}
+    assert set(CSV_FLOAT_COLUMNS) == {"guidance_scale", "guidance_scale_2", "boundary_ratio", "flow_shift",
+                                      "cache_threshold"}
     assert set(CSV_BOOL_COLUMNS) == {"allow_degrade"}
 
 

@@ -360,10 +360,17 @@ def _different(field: str, canon: dict[str, Any], spec: RenderSpec) -> Any:
         return (value + 1) / 2 if value < 0.5 else value / 2
     if field == "flow_shift":
         return value / 2 if value > 1 else value + 1
+    return _different_choice(field, value)
+
+
+def _different_choice(field: str, value: Any) -> Any:
+    """:func:`_different` for the fields with a few choices."""
     if field == "sampler":
         return next(s for s in SAMPLERS if s != value)
     if field == "output_format":
         return "mp4+frames" if value == "mp4" else "mp4"
+    if field == "cache_threshold":
+        return 0.3 if value is None else value / 2
     raise AssertionError(field)
 
 
@@ -386,6 +393,8 @@ def test_changing_any_render_field_changes_the_key(
             guidance_scale_2=None,
             boundary_ratio=None,
         )
+    elif field == "cache_threshold":  # only the custom preset takes one
+        changed.update(preset="custom", cache_threshold=_different(field, canon, spec))
     elif field in ("guidance_scale_2", "boundary_ratio") and not spec.profile.two_expert:
         field = "seed"  # dense models have no such field: change the seed instead
         changed["seed"] = _different("seed", canon, spec)

@@ -1,5 +1,7 @@
 """The same spec in two fresh processes gives the same frames; another seed gives others.
 
+Also for the speed presets that cache steps (``draft``, ``custom``).
+
 The processes differ in ``PYTHONHASHSEED`` and in torch's thread count (1 vs 2), and each builds
 the tiny model from scratch (the weights fingerprint must agree too).
 """
@@ -25,6 +27,12 @@ out = {"fingerprint": engine.load("tiny").weights_fingerprint, "hashes": {}}
 for seed in (1, 2):
     canon = parse_spec({"prompt": "a cat dancing in the rain", "seed": seed, "model": "tiny"}).canonical()
     out["hashes"][str(seed)] = engine.render([canon])[0].frames_sha256
+for preset, extra in (("draft", {}), ("custom", {"cache_threshold": 0.1})):
+    canon = parse_spec({"prompt": "a cat dancing in the rain", "seed": 1, "model": "tiny", "preset": preset,
+                        **extra}).canonical()
+    result = engine.render([canon])[0]
+    out["hashes"][preset] = result.frames_sha256
+    out["skipped_" + preset] = result.stats["cache"]["skipped"]
 print("RESULT " + json.dumps(out))
 """
 
@@ -51,6 +59,10 @@ def test_same_spec_same_frames_in_fresh_processes(tiny: Components, solo: Any) -
     assert a["fingerprint"] == b["fingerprint"] == tiny.weights_fingerprint
     assert a["hashes"] == b["hashes"]
     assert a["hashes"]["1"] != a["hashes"]["2"], "another seed gives other frames"
+    # a cached render (speed presets) is deterministic too: same frames, same skipped forwards
+    assert a["skipped_draft"] == b["skipped_draft"] and sum(a["skipped_draft"].values()) > 0
+    assert a["skipped_custom"] == b["skipped_custom"]
+    assert len({a["hashes"]["1"], a["hashes"]["draft"], a["hashes"]["custom"]}) == 3
     # and this process agrees with both
     assert solo(make_canon(seed=1)).frames_sha256 == a["hashes"]["1"]
     assert solo(make_canon(seed=2)).frames_sha256 == a["hashes"]["2"]
