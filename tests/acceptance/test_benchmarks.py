@@ -46,3 +46,16 @@ def test_overhead_benchmark_runs(tmp_path: Path, pg_admin: object) -> None:
         value = data[key]
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
     assert data["status_reads_per_job"] == 2  # told at the commit (LISTEN/NOTIFY), not polled
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_presets_benchmark_runs(tmp_path: Path) -> None:
+    data = run_bench("presets.py", tmp_path / "presets.json")
+    [rows] = data["models"].values()  # type: ignore[union-attr]
+    assert [r["preset"] for r in rows] == ["final", "draft", "custom 0.1", "custom 0.3"]
+    final, draft = rows[0], rows[1]
+    assert final["skipped"] == 0 and final["psnr_vs_final_db"] is None and final["wall_ratio"] == 1
+    assert draft["steps"] < final["steps"] and draft["skipped"] > 0
+    for row in rows:
+        assert math.isfinite(row["wall_s"]) and row["wall_s"] > 0 and math.isfinite(row["denoise_ratio"])
