@@ -296,13 +296,18 @@ def flat(value: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
     return out
 
 
+def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
+    """One :class:`Difference` per key whose value differs between two flat records, sorted."""
+    return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
 def differences(parent: JobRecord, child: JobRecord) -> list[Difference]:
     """Every environment fingerprint, weights fingerprint and effective parameter that differs."""
     a = {**flat(parent.env_fingerprint, "env"), **flat(parent.effective_params, "effective_params")}
     b = {**flat(child.env_fingerprint, "env"), **flat(child.effective_params, "effective_params")}
     a["weights_fingerprint"] = parent.weights_fingerprint
     b["weights_fingerprint"] = child.weights_fingerprint
-    return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return _changed(a, b)
 
 
 #: How a difference between two renders' records can change the frames, most telling first:
@@ -351,8 +356,7 @@ def explain(diffs: Sequence[Difference]) -> list[str]:
 
 def env_differences(parent_env: Mapping[str, Any], child_env: Mapping[str, Any]) -> list[Difference]:
     """The differences between two environment fingerprints (fields named ``env.<key>``)."""
-    a, b = flat(parent_env, "env"), flat(child_env, "env")
-    return [Difference(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return _changed(flat(parent_env, "env"), flat(child_env, "env"))
 
 
 def rerender_report(parent: JobRecord, child: JobRecord, *, timed_out: bool = False) -> RerenderReport:

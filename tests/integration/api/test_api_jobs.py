@@ -43,6 +43,7 @@ BAD_REQUESTS: list[tuple[str, str, str]] = [
     ('{"prompt": "a fox", "output_format": "gif"}', "output_format", "one_of"),
     ('{"prompt": "a fox", "seed": -1}', "seed", "seed_range"),
     ('{"prompt": "a fox", "seed": 9223372036854775808}', "seed", "seed_range"),
+    ('{"prompt": "a fox", "seed": 4294967296}', "seed", "seed_range"),
     ('{"prompt": "a fox", "seed": true}', "seed", "type"),
     ('{"prompt": "a fox", "seed": 1, "seed_from_prompt": true}', "seed_from_prompt", "one_seed_source"),
     ('{"prompt": "a fox", "seed": 1, "sweep": {"base": 5, "radius": 1}}', "sweep", "one_seed_source"),

@@ -28,17 +28,16 @@ from farm.engine.components import Components
 from farm.engine.placement import Placement
 from farm.engine.wan import WanAdapter
 from farm.engine.weights import load_components
-from farm.profiles import PROFILES, ModelProfile
+from farm.profiles import ModelProfile
 from farm.spec import parse_spec
 
-from .conftest import WIDE_SUBDIR, save_pipeline
+from .conftest import TINY_SUBDIR, WIDE_SUBDIR, save_pipeline, tiny_profile
 
 PROMPT, NEGATIVE = "a red dog runs in the rain at night", "blue city"
 
 
 def profile_for(subdir: str, **changes: Any) -> ModelProfile:
-    return dataclasses.replace(PROFILES["tiny"], source="directory", weights_subdir=subdir,
-                               required_files=PROFILES["wan2.2-t2v-a14b"].required_files, **changes)
+    return dataclasses.replace(tiny_profile(subdir), **changes)
 
 
 def reference_frames(directory: Path, canon: dict[str, Any]) -> np.ndarray:
@@ -82,8 +81,8 @@ def assert_same(directory: Path, profile: ModelProfile, canon: dict[str, Any]) -
 
 
 @pytest.mark.parametrize("guidance", [(4.0, 3.0), (1.0, 1.0)], ids=["both-guided", "both-unguided"])
-def test_unipc_directory(tiny_source: tuple[Path, Any], guidance: tuple[float, float]) -> None:
-    directory, _ = tiny_source
+def test_unipc_directory(models_path: Path, guidance: tuple[float, float]) -> None:
+    directory = models_path / TINY_SUBDIR  # (a private copy: loading writes the fingerprint cache)
     canon = canon_of(guidance_scale=guidance[0], guidance_scale_2=guidance[1])
     assert canon["sampler"] == "unipc"
     assert_same(directory, profile_for(directory.name), canon)

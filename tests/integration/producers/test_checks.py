@@ -96,15 +96,16 @@ def test_rerender_in_another_environment_reports_the_differences(
 def test_a_job_recorded_under_the_63_bit_seed_rule_rerenders_its_frames(
     client: Client, ledger: Ledger, work: Work, pg_url: str
 ) -> None:
-    from farm.spec import RENDER_FIELDS, job_key_of
+    from farm.spec import RENDER_FIELDS_V1, job_key_of
 
     parent_id = rendered(client, work, 7)
-    # Test-only: turn the row into one farm.spec/1 recorded for seed 7 + 2^40 (the generator used 7).
+    # Test-only: turn the row into one farm.spec/1 recorded for seed 7 + 2^40 (the generator used 7):
+    # that version's canonical form (no preset, no cache_threshold) and key.
     old_seed = 7 + 2**40
     old_params = {**ledger.get_job(parent_id).params, "seed": old_seed}
-    old_key = job_key_of({k: old_params[k] for k in sorted(RENDER_FIELDS)}, version="farm.spec/1")
-    execute_sql(pg_url, "UPDATE jobs SET seed = :seed, job_key = :key, "
-                "params = jsonb_set(params, '{seed}', to_jsonb(CAST(:seed AS bigint))) WHERE id = :id",
+    old_key = job_key_of({k: old_params[k] for k in sorted(RENDER_FIELDS_V1)}, version="farm.spec/1")
+    execute_sql(pg_url, "UPDATE jobs SET seed = :seed, job_key = :key, params = jsonb_set("
+                "params - 'preset' - 'cache_threshold', '{seed}', to_jsonb(CAST(:seed AS bigint))) WHERE id = :id",
                 seed=old_seed, key=old_key, id=parent_id)
     parent = ledger.get_job(parent_id)
     assert parent.seed == old_seed and parent.params["seed"] == old_seed
