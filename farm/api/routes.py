@@ -171,6 +171,18 @@ def cancel_job(job_id: str, client: ClientDep) -> dict[str, Any]:
     return job_view(client.get_job(checked))
 
 
+def promote_job(job_id: str, client: ClientDep) -> JobsCreated:
+    """Render a succeeded draft (preset ``draft`` or ``custom``) again at ``final`` as a child job.
+
+    201 with the new job's id (answered from the cache when that final render exists already:
+    ``enqueued`` 0); 422 ``not_a_draft`` for a final render, ``succeeded`` for an unfinished one.
+    """
+    checked = _job_id(job_id)
+    client.get_job(checked)  # 404 for an unknown job
+    done = client.promote(checked)
+    return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued)
+
+
 def _download(job_id: str, client: Client, kind: str) -> FileResponse:
     found = client.download(_job_id(job_id), kind)
     return FileResponse(found.path, media_type=found.media_type, filename=found.filename)
@@ -262,6 +274,8 @@ ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
                                       "responses": {**ERRORS, **_REPEAT_JOBS}}),
     ("GET", "/v1/jobs/{job_id}", get_job, {"tags": ["jobs"], "responses": ERRORS}),
     ("POST", "/v1/jobs/{job_id}/cancel", cancel_job, {"tags": ["jobs"], "responses": {**ERRORS, **_CONFLICT}}),
+    ("POST", "/v1/jobs/{job_id}/promote", promote_job, {"tags": ["jobs"], "status_code": 201,
+                                                        "response_model": JobsCreated, "responses": ERRORS}),
     ("GET", "/v1/jobs/{job_id}/video", job_video, {"tags": ["jobs"], "response_class": FileResponse,
                                                    "responses": {**ERRORS, **_MISSING}}),
     ("GET", "/v1/jobs/{job_id}/poster", job_poster, {"tags": ["jobs"], "response_class": FileResponse,

@@ -601,9 +601,12 @@ class Client(ReadOps):
             raise InvalidInput.one("job_ids", "min_1", "give at least one draft job id")
         specs, new_jobs = [], []
         for index, job_id in enumerate(ids):
-            parent = self._succeeded(job_id, "only a succeeded draft can be promoted")
+            parent = self.ledger.get_job(check_id(job_id, "job_id"))
             if parent.params.get("preset", "final") == "final":
                 raise InvalidInput.one("job_id", "not_a_draft", f"job {parent.id} is already a final render")
+            if parent.status.value != "succeeded":
+                raise InvalidInput.one("job_id", "succeeded", f"only a succeeded draft can be promoted; job "
+                                       f"{parent.id} is {parent.status.value}")
             data = parent.spec().model_dump()
             data.update(preset="final", cache_threshold=None, steps=None)
             if priority is not None:

@@ -279,3 +279,23 @@ def test_a_request_without_a_model_gets_the_farm_default(api_settings: Any) -> N
         assert c.get(f"/v1/jobs/{job_id}").json()["model_name"] == "tiny-dense"
         [other] = c.post("/v1/jobs", json={"prompt": "a fox", "seed": 1, "model": "tiny"}).json()["job_ids"]
         assert c.get(f"/v1/jobs/{other}").json()["model_name"] == "tiny"
+
+
+def test_promote_a_succeeded_draft(http: TestClient, pg_url: str) -> None:
+    body = {"prompt": "a fox in the snow", "seed": 3, "model": "tiny", "preset": "draft"}
+    [draft_id] = http.post("/v1/jobs", json=body).json()["job_ids"]
+    assert http.post(f"/v1/jobs/{draft_id}/promote").json()["problems"][0]["rule"] == "succeeded"
+    with Ledger(pg_url) as ledger:  # test-only: the draft succeeded
+        assert ledger.claim(draft_id, worker_host="w@h", worker_device="cpu", lease_s=60) is not None
+        ledger.record_success(draft_id, output_uri=f"file:///o/ab/{draft_id}/video.mp4", file_sha256="f" * 64,
+                              frames_sha256="e" * 64, effective_params={}, weights_fingerprint="wf",
+                              env_fingerprint={}, timings={}, worker_host="w@h")
+    r = http.post(f"/v1/jobs/{draft_id}/promote")
+    assert r.status_code == 201, r.text
+    [final_id] = r.json()["job_ids"]
+    final = http.get(f"/v1/jobs/{final_id}").json()
+    assert final["parent_job_id"] == draft_id and final["params"]["preset"] == "final"
+    assert final["params"]["steps"] > http.get(f"/v1/jobs/{draft_id}").json()["params"]["steps"]
+    again = http.post(f"/v1/jobs/{final_id}/promote")
+    assert again.status_code == 422 and again.json()["problems"][0]["rule"] == "not_a_draft"
+    assert http.post(f"/v1/jobs/{uuid.uuid4()}/promote").status_code == 404
