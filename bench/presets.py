@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from farm.engine.components import Components
 from farm.engine.placement import Placement
 from farm.engine.render import Engine
-from farm.engine.tiny import build_builtin
+from farm.engine.tiny import build_builtin, seeded_module
 from farm.engine.wan import WanAdapter
 from farm.spec import parse_spec
 
@@ -56,13 +55,7 @@ def wide_components() -> Components:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     tiny = build_builtin("tiny")
-
-    def seeded(seed: int, make: Any) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = make()
-        return module.eval().requires_grad_(False)
-
+    seeded = seeded_module  # seeded, eval mode, no gradients: as farm builds its tiny models
     def expert() -> Any:
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,

@@ -103,7 +103,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 M = TypeVar("M", bound=torch.nn.Module)
 
 
-def _seeded(seed: int, make: Callable[[], M]) -> M:
+def seeded_module(seed: int, make: Callable[[], M]) -> M:
     """Build a module from a fixed seed without touching the caller's global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -249,14 +249,14 @@ _LOCK = threading.Lock()
 
 def _build(profile: ModelProfile) -> Components:
     tokenizer = build_tokenizer()
-    text_encoder = _seeded(SEED_TEXT_ENCODER, lambda: _text_encoder(len(tokenizer)))
+    text_encoder = seeded_module(SEED_TEXT_ENCODER, lambda: _text_encoder(len(tokenizer)))
     if profile.two_expert:
-        vae = _seeded(SEED_VAE, _vae_two_expert)
-        transformer = _seeded(SEED_TRANSFORMER, lambda: _transformer(16))
-        transformer_2: WanTransformer3DModel | None = _seeded(SEED_TRANSFORMER_2, lambda: _transformer(16))
+        vae = seeded_module(SEED_VAE, _vae_two_expert)
+        transformer = seeded_module(SEED_TRANSFORMER, lambda: _transformer(16))
+        transformer_2: WanTransformer3DModel | None = seeded_module(SEED_TRANSFORMER_2, lambda: _transformer(16))
     else:
-        vae = _seeded(SEED_VAE, _vae_dense)
-        transformer = _seeded(SEED_TRANSFORMER, lambda: _transformer(48))
+        vae = seeded_module(SEED_VAE, _vae_dense)
+        transformer = seeded_module(SEED_TRANSFORMER, lambda: _transformer(48))
         transformer_2 = None
     modules = {
         "text_encoder": text_encoder, "vae": vae, "transformer": transformer, "transformer_2": transformer_2
