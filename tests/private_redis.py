@@ -19,6 +19,17 @@ from typing import Any
 import pytest
 import redis
 
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10) -> None:
+    """Terminate ``proc`` if it still runs, then kill it if it has not exited within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
 REDIS_START_TIMEOUT_S = 10.0
 
 
@@ -68,10 +79,4 @@ class PrivateRedis:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
