@@ -207,6 +207,14 @@ class StorageError(TransientError):
     """Writing or reading an output file failed (I/O: a full disk, a lost mount): retried."""
 
 
+class StoreUnavailable(StorageError):
+    """The object store (s3) could not be reached or answered with an error: retried.
+
+    A worker keeps its render and tries the upload again; a job is never recorded succeeded
+    before its objects are confirmed in the store.
+    """
+
+
 class OutputNotReady(ExpectedError):
     """The job has no output to serve yet (it has not succeeded)."""
 

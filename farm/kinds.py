@@ -68,3 +68,24 @@ class Sampler(StrEnum):
 def values(kind: type[StrEnum]) -> tuple[str, ...]:
     """The enum's values, in definition order (for click choices, CHECK constraints, messages)."""
     return tuple(member.value for member in kind)
+
+
+#: Separates a route's class from its model: ``interactive.wan2.2-t2v-a14b`` (priorities hold no dot).
+ROUTE_SEPARATOR = "."
+
+
+def route_of(priority: str, model: str) -> str:
+    """The route of a job: its class (priority) and its model, e.g. ``batch.tiny``.
+
+    Each route is one broker queue (:func:`farm.queue.names.queue_for`); a worker consumes the
+    routes of the models whose weights it has.
+    """
+    return f"{priority}{ROUTE_SEPARATOR}{model}"
+
+
+def route_parts(route: str) -> tuple[str, str]:
+    """``(priority, model)`` of a route made by :func:`route_of`; ValueError otherwise."""
+    priority, sep, model = route.partition(ROUTE_SEPARATOR)
+    if not sep or not model or priority not in values(Priority):
+        raise ValueError(f"not a route (priority.model): {route!r}")
+    return priority, model

@@ -45,11 +45,12 @@ from datetime import datetime
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from farm.kinds import route_parts
 from farm.ledger import Ledger
 from farm.ledger.stats import RECENT_WINDOW_S, LedgerSnapshot
 from farm.ledger.status import PRIORITIES, TERMINAL, WORKER_STATES, JobStatus
 from farm.ledger.types import utcnow
-from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
+from farm.queue.names import all_queues, route_of_queue
 from farm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "farm_recent_renders",
     "farm_metrics_scrape_seconds",
 )
-#: Queues whose depth is reported.
-QUEUES: tuple[str, ...] = (QUEUE_INTERACTIVE, QUEUE_BATCH)
+#: Queues whose depth is reported: one per route (class x model).
+QUEUES: tuple[str, ...] = tuple(all_queues())
 #: Seconds a scrape's results are reused (several scrapers, or a fast scrape interval).
 CACHE_S = 5.0
 #: A worker that has not written its row for this long counts as stale (not alive); workers write it
@@ -208,10 +209,10 @@ class FarmCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("farm_queue_depth", "Messages waiting in the farm queue's Redis lists.",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily("farm_queue_depth", "Messages waiting in each farm queue's Redis lists "
+                                  "(one queue per class and model).", labels=["queue", "priority", "model"])
         for queue, n in broker.depths.items():
-            depth.add_metric([queue], n)
+            depth.add_metric([queue, *route_parts(route_of_queue(queue))], n)
         yield depth
         unacked = GaugeMetricFamily("farm_broker_unacked_messages",
                                     "Messages delivered to workers and not yet acknowledged.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,9 @@ DEFAULT_PHASE_BATCH = 4
 #: not left at torch's default (the machine's core count), and recorded in every job's
 #: environment fingerprint.
 DEFAULT_TORCH_THREADS = 1
+#: A worker whose row was not written for this many heartbeats (FARM_HEARTBEAT_S) is gone: it
+#: serves nothing (routing reasons) and its name may be taken by a new process.
+WORKER_STALE_HEARTBEATS = 3
 #: Seconds Redis waits before redelivering an unacknowledged message. Must stay above the
 #: longest render (A14B 720P: ~1,050 s on an H100); the ledger lease, not this, stops double renders.
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200
@@ -56,8 +60,27 @@ DEFAULT_RETRY_COUNT = 6
 #: Seconds a producer (submit, batch, the API) keeps trying to reach the broker before it reports
 #: the jobs as recorded but not sent (the reaper sends them later).
 DEFAULT_SEND_TIMEOUT_S = 3.0
+#: Degradation under load (off unless set): seconds the oldest queued interactive job may wait
+#: before workers render the jobs that allow it at their profile's ``draft`` settings
+#: (FARM_DEGRADE_WAIT_S; 0: whenever an interactive job is waiting).
+DEFAULT_DEGRADE_WAIT_S: float | None = None
+#: Degradation under load (off unless set): the fraction, in (0, 1], of live workers busy at which
+#: jobs that allow it render at their profile's ``draft`` settings (FARM_DEGRADE_BUSY_FRACTION).
+DEFAULT_DEGRADE_BUSY_FRACTION: float | None = None
+#: A worker counts as live in the farm's load while it was seen within this many presence beats
+#: (``FARM_HEARTBEAT_S`` each).
+LIVE_WORKER_BEATS = 3
 #: Broker URL schemes farm works with (Celery on Redis; the embedded filesystem broker).
 BROKER_SCHEMES: tuple[str, ...] = ("redis", "rediss", "sentinel", "filesystem")
+#: Output store URL schemes (FARM_OUTPUT_URL): a directory (local or mounted), or an S3-compatible
+#: object store (AWS S3, MinIO, Ceph, ...).
+OUTPUT_SCHEMES: tuple[str, ...] = ("file", "s3")
+#: Seconds a presigned download URL of an s3 output store stays valid (FARM_S3_PRESIGN_EXPIRY_S).
+DEFAULT_S3_PRESIGN_EXPIRY_S = 900
+#: The longest validity S3 signatures (SigV4) allow: seven days.
+MAX_S3_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+#: Region signed into S3 requests when FARM_S3_REGION is unset (MinIO and Ceph accept any).
+DEFAULT_S3_REGION = "us-east-1"
 
 
 def _default_data_dir() -> Path:
@@ -69,14 +92,26 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """farm's configuration. Every field is read from ``FARM_<FIELD NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Root of embedded-mode state.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the ledger; default: SQLite file in the data dir."
     )
     broker_url: str | None = Field(default=None, description="Celery broker URL (redis://...).")
-    output_dir: Path | None = Field(default=None, description="Content-addressed outputs; default data_dir/outputs.")
+    output_dir: Path | None = Field(
+        default=None, description="Content-addressed outputs (file store); local staging with an s3 store.")
+    # -- the output store: file:// (default) or s3:// (credentials: never logged, never in code) ----
+    output_url: str | None = Field(
+        default=None, description="Output store: file:///dir or s3://bucket/prefix; default: FARM_OUTPUT_DIR.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 API endpoint (MinIO, Ceph); default: AWS.")
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="Endpoint clients reach, signed into download URLs; default: s3_endpoint_url.")
+    s3_region: str = Field(default=DEFAULT_S3_REGION)
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; default: the standard AWS chain (AWS_* variables, instance role).")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key (never logged).")
+    s3_presign_expiry_s: int = Field(default=DEFAULT_S3_PRESIGN_EXPIRY_S, ge=1, le=MAX_S3_PRESIGN_EXPIRY_S)
     model_dir: Path | None = Field(
         default=None, description="Local Diffusers-format model directories; default data_dir/models."
     )
@@ -104,6 +139,19 @@ class Settings(BaseSettings):
         default=DEFAULT_SEND_TIMEOUT_S, gt=0, le=3600,
         description="Seconds a producer tries to reach the broker before reporting jobs as not sent.",
     )
+    degrade_wait_s: float | None = Field(
+        default=DEFAULT_DEGRADE_WAIT_S, ge=0,
+        description="Oldest interactive wait (s) above which jobs with allow_degrade render at draft settings.",
+    )
+    degrade_busy_fraction: float | None = Field(
+        default=DEFAULT_DEGRADE_BUSY_FRACTION, gt=0, le=1,
+        description="Busy fraction of live workers at which jobs with allow_degrade render at draft settings.",
+    )
+    worker_models: str | None = Field(
+        default=None, description="Models a worker serves, comma-separated (default: every model whose weights "
+        "are present); it consumes only their queues.",
+    )
+    worker_tags: str | None = Field(default=None, description="Tags a worker declares, comma-separated (h200,...).")
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus port of a worker (GPU N listens on port + N)."
     )
@@ -119,10 +167,34 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     sql_echo: bool = Field(default=False)
 
-    @field_validator("database_url", "broker_url")
+    @field_validator("database_url", "broker_url", "output_url", "s3_endpoint_url", "s3_public_endpoint_url",
+                     "s3_access_key_id")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("output_url")
+    @classmethod
+    def _known_output_store(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in OUTPUT_SCHEMES or "://" not in value:
+            raise ValueError(f"FARM_OUTPUT_URL must start with one of {', '.join(s + '://' for s in OUTPUT_SCHEMES)}"
+                             f" (got {redacted_url(value)!r})")
+        if parts.username or parts.password:
+            raise ValueError("FARM_OUTPUT_URL holds no credentials: set FARM_S3_ACCESS_KEY_ID and "
+                             "FARM_S3_SECRET_ACCESS_KEY")
+        if parts.scheme.lower() == "s3" and not parts.netloc:
+            raise ValueError(f"FARM_OUTPUT_URL must name a bucket: s3://BUCKET/PREFIX (got {value!r})")
+        if parts.scheme.lower() == "file" and (parts.netloc not in ("", "localhost") or not parts.path):
+            raise ValueError(f"FARM_OUTPUT_URL must be a local directory: file:///PATH (got {value!r})")
+        return value
+
+    @field_validator("degrade_wait_s", "degrade_busy_fraction", mode="before")
+    @classmethod
+    def _blank_number_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("broker_url")
     @classmethod
@@ -164,9 +236,34 @@ class Settings(BaseSettings):
         return self.data_dir / "broker"
 
     @property
+    def output_store_url(self) -> str:
+        """The output store: FARM_OUTPUT_URL, else the ``file://`` URL of :attr:`outputs_path`."""
+        return self.output_url or self.outputs_path.absolute().as_uri()
+
+    @property
+    def output_store_kind(self) -> str:
+        """``file`` or ``s3``: which backend :attr:`output_store_url` names."""
+        return urlsplit(self.output_store_url).scheme.lower()
+
+    @property
     def outputs_path(self) -> Path:
-        """FARM_OUTPUT_DIR, else ``outputs`` in the data dir."""
+        """The local outputs directory.
+
+        The file store's root (FARM_OUTPUT_URL's path, else FARM_OUTPUT_DIR, else ``outputs`` in
+        the data dir). With an s3 store, the local staging directory renders are encoded into
+        before their upload (FARM_OUTPUT_DIR, else ``staging`` in the data dir).
+        """
+        if self.output_url is not None:
+            parts = urlsplit(self.output_url)
+            if parts.scheme.lower() == "file":
+                return Path(unquote(parts.path))
+            return self.output_dir if self.output_dir is not None else self.data_dir / "staging"
         return self.output_dir if self.output_dir is not None else self.data_dir / "outputs"
+
+    @property
+    def worker_stale_s(self) -> float:
+        """Seconds after which a silent worker counts as gone (:data:`WORKER_STALE_HEARTBEATS` heartbeats)."""
+        return float(WORKER_STALE_HEARTBEATS * self.heartbeat_s)
 
     @property
     def models_path(self) -> Path:

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 from private_redis import PrivateRedis, decode_job_id
 
-from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
+from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE, all_queues
 
+#: The two classes (queue-name prefixes); each holds one queue per model (``farm.batch.tiny``).
 QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
+
+
+def queues_of(name: str) -> list[str]:
+    """The queues a class prefix (``farm.batch``) stands for, or the one queue named."""
+    return [q for q in all_queues() if q.startswith(name + ".")] if name in QUEUES else [name]
 #: A token long enough for the API's rule (16+ characters); never a real secret.
 TOKEN = "test-token-" + "0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def queue_lengths(server: PrivateRedis) -> dict[str, int]:
-    """Messages waiting in each of the farm's queues."""
-    return {q: int(server.client.llen(q)) for q in QUEUES}
+    """Messages waiting in each class of the farm's queues (over every model's queue)."""
+    return {c: sum(int(server.client.llen(q)) for q in queues_of(c)) for c in QUEUES}
 
 
 def queued_job_ids(server: PrivateRedis, queue: str) -> list[str]:
-    """Job ids of the messages waiting in ``queue``, oldest first."""
-    return [decode_job_id(raw) for raw in reversed(server.client.lrange(queue, 0, -1))]
+    """Job ids of the messages waiting in ``queue`` (or every queue of a class), oldest first per queue."""
+    return [decode_job_id(raw) for q in queues_of(queue) for raw in reversed(server.client.lrange(q, 0, -1))]
 
 
 def count_rows(database_url: str, table: str) -> int:

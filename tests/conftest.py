@@ -31,7 +31,7 @@ from farm.ledger import db
 
 POSTGRES_FIXTURE = "pg_admin"
 #: Fixtures that start or reach a service: a unit test may use none of them.
-SERVICE_FIXTURES = (POSTGRES_FIXTURE, "redis_server")
+SERVICE_FIXTURES = (POSTGRES_FIXTURE, "redis_server", "moto_s3")
 TESTS_DIR = Path(__file__).resolve().parent
 #: The tiers: the first folder under tests/ names a test's tier (and its marker).
 TIERS = ("unit", "integration", "acceptance", "migration", "gpu")

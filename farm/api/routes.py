@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from farm.api import bodies
@@ -31,6 +31,7 @@ from farm.api.schemas import (
 from farm.client import Client
 from farm.client.core import check_idempotency_key
 from farm.client.reads import check_id
+from farm.client.reports import degradation
 from farm.errors import BatchNotFound, IllegalTransition, InvalidInput, JobNotFound, Problem
 from farm.ledger import JobRecord, JobStatus
 
@@ -101,8 +102,9 @@ def _urls(job_id: str, status: str) -> dict[str, str | None]:
 
 
 def job_view(job: JobRecord) -> dict[str, Any]:
-    """A job as the API shows it: its fields less the hidden ones, with its output URLs."""
+    """A job as the API shows it: its fields less the hidden ones, its degradation, its output URLs."""
     view = {k: v for k, v in job.to_dict().items() if k not in HIDDEN_JOB_FIELDS}
+    view.update(degradation(job))
     view.update(_urls(job.id, job.status.value))
     return view
 
@@ -157,8 +159,14 @@ def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Pr
 
 
 def get_job(job_id: str, client: ClientDep) -> dict[str, Any]:
-    """Every recorded field of the job, with its download URLs once it succeeded."""
-    return job_view(client.get_job(_job_id(job_id)))
+    """Every recorded field of the job, with its download URLs once it succeeded.
+
+    A queued job also says why it cannot start (``waiting``: e.g. no live worker serves its model).
+    """
+    job = client.get_job(_job_id(job_id))
+    view = job_view(job)
+    view["waiting"] = list(client.waiting(job.id)) if job.status == JobStatus.QUEUED else []
+    return view
 
 
 def cancel_job(job_id: str, client: ClientDep) -> dict[str, Any]:
@@ -183,18 +191,22 @@ def promote_job(job_id: str, client: ClientDep) -> JobsCreated:
     return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued)
 
 
-def _download(job_id: str, client: Client, kind: str) -> FileResponse:
+def _download(job_id: str, client: Client, kind: str) -> Response:
+    """The file streamed (file store), or a 307 redirect to its presigned URL (s3 store)."""
     found = client.download(_job_id(job_id), kind)
+    if found.url is not None:
+        return RedirectResponse(found.url, status_code=307, headers={"Cache-Control": "no-store"})
+    assert found.path is not None
     return FileResponse(found.path, media_type=found.media_type, filename=found.filename)
 
 
-def job_video(job_id: str, client: ClientDep) -> FileResponse:
-    """The job's MP4 (404 until it succeeded; 409 if the stored file is gone)."""
+def job_video(job_id: str, client: ClientDep) -> Response:
+    """The job's MP4 (404 until it succeeded; 409 if the stored file is gone; 307 to a presigned URL on s3)."""
     return _download(job_id, client, "video")
 
 
-def job_poster(job_id: str, client: ClientDep) -> FileResponse:
-    """The job's poster PNG (the middle frame)."""
+def job_poster(job_id: str, client: ClientDep) -> Response:
+    """The job's poster PNG (the middle frame; 307 to a presigned URL on s3)."""
     return _download(job_id, client, "poster")
 
 
@@ -235,7 +247,8 @@ def get_batch(batch_id: str, client: ClientDep) -> BatchView:
     batch = view.batch
     return BatchView(id=batch.id, name=batch.name, source_name=batch.source_name,
                      manifest_digest=batch.manifest_digest, created_at=batch.created_at.isoformat(),
-                     job_count=batch.job_count, counts=view.counts, done=view.done)
+                     job_count=batch.job_count, counts=view.counts, done=view.done,
+                     waiting=list(client.waiting(batch.id)) if view.counts.get("queued") else [])
 
 
 def batch_results(batch_id: str, client: ClientDep) -> BatchResults:
@@ -260,7 +273,9 @@ def cancel_batch(batch_id: str, client: ClientDep) -> JSONResponse:
 # -- the table -----------------------------------------------------------------------------------
 
 _CONFLICT = {409: {"model": ErrorBody, "description": "The job already finished."}}
-_MISSING = {409: {"model": ErrorBody, "description": "The stored file is missing."}}
+_MISSING = {409: {"model": ErrorBody, "description": "The stored file is missing."},
+            307: {"description": "s3 output store: a presigned URL of the file (Location), valid for "
+                                 "FARM_S3_PRESIGN_EXPIRY_S seconds."}}
 _REPEAT_JOBS = {200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."}}
 _REPEAT_BATCH = {200: {"model": BatchCreated, "description": "The same manifest was submitted before."},
                  415: {"model": ErrorBody, "description": "The body is neither JSON nor YAML."}}

@@ -160,6 +160,8 @@ class BatchView(BaseModel):
     job_count: int
     counts: dict[str, int] = Field(description="Jobs per status (every status, zeros included).")
     done: bool = Field(description="True when every job is succeeded, failed or cancelled.")
+    waiting: list[str] = Field(default_factory=list, description="Why queued jobs cannot start (e.g. no live "
+                               "worker serves their model); empty when they only wait their turn.")
 
 
 class BatchResults(BaseModel):
@@ -168,7 +170,8 @@ class BatchResults(BaseModel):
     batch_id: str
     results: list[dict[str, Any]] = Field(
         description="One row per job in manifest order: job_id, batch_index, status, prompt, seed, params, "
-                    "hashes, timings, error, video_url / poster_url once succeeded."
+                    "hashes, timings, error, degradation (allow_degrade, degraded_reason, requested_steps, "
+                    "effective_steps), video_url / poster_url once succeeded."
     )
 
 

@@ -109,6 +109,9 @@ def _show_text(job: JobRecord, trail: list[EventRecord]) -> None:
         lines.append(("cache of", job.cache_of_job_id))
     if job.error_type:
         lines.append(("error", f"{job.error_type}: {job.error_message or ''}"))
+    if job.allow_degrade or job.degraded_reason:
+        steps = f"steps {job.params.get('steps')} asked, {(job.effective_params or {}).get('steps', '-')} rendered"
+        lines.append(("degraded", f"{job.degraded_reason} ({steps})" if job.degraded_reason else "no (allowed)"))
     if job.timings:
         lines.append(("timings", ", ".join(f"{k}={v}" for k, v in sorted(job.timings.items()))))
     if job.tags:

@@ -79,6 +79,7 @@ def spec_options(fn: F) -> F:
         option("--cache-threshold", type=float, default=None,
                help="Step caching threshold in (0, 1] for --preset custom (higher: faster, rougher)."),
         option("--output-format", type=click.Choice(values(OutputFormat)), default=None, help="Outputs to write."),
-        option("--allow-degrade", is_flag=True, default=False, help="May re-render smaller after an out-of-memory."),
+        option("--allow-degrade", is_flag=True, default=False,
+               help="May render at draft settings when the farm is under load, or smaller after an out-of-memory."),
         option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable)."),
     ])

@@ -8,7 +8,6 @@ only once the spec has been checked.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from farm.cli.options import priority_option, seed_options, spec_options
 from farm.client.specs import build_spec
 from farm.kinds import OffloadPolicy
 from farm.kinds import values as choices
-from farm.store import OutputStore
+from farm.store import StoreBackend, open_store
 
 if TYPE_CHECKING:
     from farm.ledger import JobRecord
@@ -67,9 +66,10 @@ def register(group: click.Group) -> None:
         )
         settings = settings_with(database_url=database_url, device=device, offload=offload)
         done = render_locally(spec, settings, no_cache=no_cache)
-        summary = summary_of(done.job, done.outcome.outcome.value, OutputStore(settings.outputs_path), settings)
+        store = open_store(settings)
+        summary = summary_of(done.job, done.outcome.outcome.value, store, settings)
         if out_path is not None and summary["status"] == "succeeded":
-            copy_out(Path(summary["video"]), out_path)
+            copy_out(store, done.job.output_uri, out_path)
             summary["copied_to"] = str(out_path)
         if as_json:
             emit_json(summary)
@@ -79,9 +79,12 @@ def register(group: click.Group) -> None:
             sys.exit(EXIT_FAILED)
 
 
-def summary_of(job: JobRecord, outcome: str, store: OutputStore, settings: Settings) -> dict[str, Any]:
-    """What ``farm render`` reports of its job (``--json`` prints it as is)."""
-    video = store.locate(job.output_uri)
+def summary_of(job: JobRecord, outcome: str, store: StoreBackend, settings: Settings) -> dict[str, Any]:
+    """What ``farm render`` reports of its job (``--json`` prints it as is).
+
+    ``video`` and ``poster``: their paths in a file store, their ``s3://`` URIs in an s3 store.
+    """
+    video = store.where(job.output_uri)
     timings = job.timings or {}
     stats = timings.get("stats", {})
     return {
@@ -96,24 +99,22 @@ def summary_of(job: JobRecord, outcome: str, store: OutputStore, settings: Setti
         "seed_strategy": job.seed_strategy,
         "frames_sha256": job.frames_sha256,
         "file_sha256": job.file_sha256,
-        "video": str(video) if video else None,
-        "poster": str(store.poster_of(job.output_uri)) if video else None,
+        "video": video,
+        "poster": store.where(job.output_uri, poster=True) if video else None,
         "cache_hit": job.cache_of_job_id is not None,
         "render_s": timings.get("render_s"),
         "load_s": timings.get("load_s"),
         "encode_s": timings.get("encode_s"),
         "swaps": (stats.get("batch") or {}).get("swaps"),
         "cache_of_job_id": job.cache_of_job_id,
+        "degraded_reason": job.degraded_reason,
         "ledger": settings.ledger_url if settings.embedded else "(configured database)",
     }
 
 
-def copy_out(video: Path, out_path: Path) -> None:
-    """Copy the stored MP4 to a path the user chose (atomically: temp file + rename)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    shutil.copyfile(video, tmp)
-    tmp.replace(out_path)
+def copy_out(store: StoreBackend, uri: str | None, out_path: Path) -> None:
+    """Copy the stored MP4 to a path the user chose (atomically: temp file + rename; downloaded from s3)."""
+    store.copy_to(uri, out_path)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -124,6 +125,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s.get("cache_of_job_id"):
         click.echo(f"cache    hit: answered from job {s['cache_of_job_id']} without rendering (same spec and "
                    "weights, its file checked; --no-cache renders again)")
+    if s.get("degraded_reason"):
+        click.echo(f"degraded {s['degraded_reason']}")
     click.echo(f"video    {s['video']}")
     click.echo(f"poster   {s['poster']}")
     if s.get("copied_to"):

@@ -95,6 +95,8 @@ def register(group: click.Group) -> None:
             emit_json(report.to_dict())
         else:
             click.echo(status_line(report))
+            for reason in report.waiting:
+                click.echo(f"waiting: {reason}")
 
     @group.command("wait")
     @click.argument("ids", metavar="ID...", nargs=-1, required=True)

@@ -32,7 +32,14 @@ def register(group: click.Group) -> None:
     @option("--devices", default=None,
             help="Supervise one worker process per GPU: 'all' (every visible GPU) or a list like 0,1 "
                  "(ignored when --device is given on the command line: the supervisor's children).")
-    @option("--queues", default="interactive,batch", help="Queues to consume (interactive, batch).")
+    @option("--queues", default="interactive,batch", help="Classes of queues to consume (interactive, batch).")
+    @option("--models", default=None,
+            help="Models this worker serves, e.g. wan2.2-t2v-a14b,tiny (their weights are checked at start; "
+                 "default: FARM_WORKER_MODELS, else every model whose weights are present). It consumes only "
+                 "their queues.")
+    @option("--tags", default=None,
+            help="Tags this worker declares (e.g. h200,fast-disk; default: FARM_WORKER_TAGS): shown in farm "
+                 "workers.")
     @option("--hostname", default=None,
             help="Worker name, NAME@HOST (%h: this host; default: farm-gpuN@<host> / farm-cpu@<host>).")
     @option("--loglevel", default=None, envvar="FARM_LOG_LEVEL", help="Log level (default: FARM_LOG_LEVEL, INFO).")
@@ -41,20 +48,24 @@ def register(group: click.Group) -> None:
     @database_option()
     @broker_option()
     @handle_errors()
-    def worker(device: str | None, devices: str | None, queues: str, hostname: str | None, loglevel: str | None,
-               stop_timeout: float, database_url: str | None, broker_url: str | None) -> None:
+    def worker(device: str | None, devices: str | None, queues: str, models: str | None, tags: str | None,
+               hostname: str | None, loglevel: str | None, stop_timeout: float, database_url: str | None,
+               broker_url: str | None) -> None:
         """Run a render worker: take jobs from the queues and render them on one device."""
         ctx = click.get_current_context()
         devices = _supervised_devices(ctx, devices, hostname)
         extra = _child_arguments(ctx, queues=queues, stop_timeout=stop_timeout, loglevel=loglevel,
                                  database_url=database_url, broker_url=broker_url)
+        for flag, value in (("--models", models), ("--tags", tags)):
+            if value:
+                extra += [flag, value]
         if devices is not None:
             sys.exit(supervise(devices, extra))
         from farm.worker.main import run_worker
 
         settings = settings_with(database_url=database_url, broker_url=broker_url)
         sys.exit(run_worker(device or "cpu", queues=queues, hostname=hostname, loglevel=loglevel,
-                            stop_timeout_s=stop_timeout, settings=settings))
+                            stop_timeout_s=stop_timeout, settings=settings, models=models, tags=tags))
 
     @group.command("reap")
     @database_option()

@@ -4,7 +4,7 @@ Each succeeded job's output re-hashed against its record, the verdicts written t
 bad outputs quarantined and rendered again.
 
 * :func:`audit_outputs` — every distinct output URI of the given jobs is checked once (cache hits
-  share their original's file) by :meth:`farm.store.OutputStore.check` against the ledger's
+  share their original's file) by the output store's ``check`` (file or s3) against the ledger's
   ``outputs`` record (the file hash as last written), and reported per job. The caller records the
   :class:`~farm.ledger.records.OutputMark` list it returns: ``missing`` and ``corrupt`` outputs are
   then never answered from by the cache, and ``ok`` refreshes the verified stamp.
@@ -34,11 +34,11 @@ from farm.store import OutputState
 
 if TYPE_CHECKING:
     from farm.ledger.records import JobRecord, OutputRecord
-    from farm.store import OutputCheck, OutputStore
+    from farm.store import OutputCheck, StoreBackend
 
 
 def audit_outputs(
-    jobs: Iterable[JobRecord], store: OutputStore, recorded: Mapping[str, OutputRecord]
+    jobs: Iterable[JobRecord], store: StoreBackend, recorded: Mapping[str, OutputRecord]
 ) -> tuple[AuditReport, list[OutputMark]]:
     """Check each job's output (see the module docstring): the report, and the marks to record."""
     ok: list[str] = []
@@ -58,8 +58,7 @@ def audit_outputs(
             size = record.size_bytes if record is not None else None
             checks[uri] = (store.check(uri, expected, size_bytes=size), expected)
         check, expected = checks[uri]
-        path = store.locate(uri)
-        entry = AuditEntry(job.id, None if path is None else str(path), expected, check.actual_sha256, check.detail)
+        entry = AuditEntry(job.id, store.where(uri), expected, check.actual_sha256, check.detail)
         if check.state is OutputState.OK:
             ok.append(job.id)
         elif check.state is OutputState.CORRUPT:

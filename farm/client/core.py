@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from farm.ledger.records import Admission
     from farm.manifest import ExpandedBatch, Manifest
     from farm.spec import RenderSpec
-    from farm.store import OutputStore
+    from farm.store import StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Client(ReadOps):
     ``Client()`` uses the process settings (``FARM_*``; with nothing set, the embedded ledger in
     ``FARM_DATA_DIR``) and closes the ledger it opened on :meth:`close` / ``with``. ``ledger``:
     use that ledger instead (not closed here); ``app`` is a Celery app to send with (default: the
-    farm's app for ``settings``); ``store`` the output store (default: ``FARM_OUTPUT_DIR``);
+    farm's app for ``settings``); ``store`` the output store (default: ``FARM_OUTPUT_URL``'s);
     ``sleep``/``monotonic`` drive :meth:`wait` (tests pass fakes).
     """
 
@@ -130,11 +130,11 @@ class Client(ReadOps):
         *,
         app: Any = None,
         owns_ledger: bool = False,
-        store: OutputStore | None = None,
+        store: StoreBackend | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        from farm.store import OutputStore
+        from farm.store import open_store
 
         self.settings = settings or get_settings()
         if ledger is None:
@@ -142,7 +142,7 @@ class Client(ReadOps):
 
             ledger, owns_ledger = Ledger.from_settings(self.settings), True
         self.ledger = ledger
-        self.store = store or OutputStore(self.settings.outputs_path)
+        self.store = store or open_store(self.settings)
         self._kinds: dict[str, str] = {}
         self._app = app
         self._owns_ledger = owns_ledger
@@ -237,7 +237,7 @@ class Client(ReadOps):
 
     def _send(self, pairs: Sequence[tuple[str, str]], *, marked: bool = False,
               unmark: bool = True) -> tuple[int, int]:
-        """Send ``(job_id, priority)`` wake-ups in chunks; ``(sent, not_sent)``.
+        """Send ``(job_id, route)`` wake-ups in chunks; ``(sent, not_sent)``.
 
         ``marked``: the jobs were recorded as sent when they were added (else each chunk is
         marked once sent). When the broker stays unreachable (``FARM_SEND_TIMEOUT_S``) the rest
@@ -403,8 +403,34 @@ class Client(ReadOps):
         """Counts per status, progress and ETA of a job, a batch, or several of them together.
 
         For several (``kind`` "group"), their jobs are counted once each. Every id is checked
-        first (:class:`~farm.errors.JobNotFound` names an unknown one).
+        first (:class:`~farm.errors.JobNotFound` names an unknown one). With queued jobs,
+        ``waiting`` says why any of them cannot start (:meth:`waiting`).
         """
+        report = self._counts(any_id)
+        if report.counts.get("queued", 0) == 0:
+            return report
+        return StatusReport(**{**report.__dict__, "waiting": self.waiting(any_id)})
+
+    def waiting(self, any_id: str | Sequence[str]) -> tuple[str, ...]:
+        """Why the queued jobs of a job, a batch or several cannot start (empty: they wait their turn).
+
+        A job's queue is its class and its model; only workers that serve the model consume it, so
+        a job whose model no live worker serves stays queued (it is not lost, and starts as soon as
+        such a worker comes up).
+        """
+        ids = [any_id] if isinstance(any_id, str) else list(any_id)
+        queued: dict[str, int] = {}
+        for one in dict.fromkeys(check_id(i) for i in ids):
+            kind = self._kind(one)
+            found = (self.ledger.queued_models(batch_id=one) if kind == "batch"
+                     else self.ledger.queued_models(job_ids=[one]))
+            for model, n in found.items():
+                queued[model] = queued.get(model, 0) + n
+        if not queued:
+            return ()
+        return reports.waiting_reasons(queued, self.ledger.list_workers(), self._now(), self.settings.worker_stale_s)
+
+    def _counts(self, any_id: str | Sequence[str]) -> StatusReport:
         if isinstance(any_id, str):
             return self._status_one(check_id(any_id))
         ids = list(dict.fromkeys(check_id(i) for i in any_id))
@@ -476,7 +502,7 @@ class Client(ReadOps):
 
     def _read_status(self, any_id: str | Sequence[str]) -> StatusReport:
         self.status_reads += 1
-        return self.status(any_id)
+        return self._counts(any_id)
 
     def _pending(self, any_id: str | Sequence[str], report: StatusReport) -> set[str]:
         """The ids a wait listens for: one job's from its report, else a read of the unfinished."""
@@ -511,8 +537,7 @@ class Client(ReadOps):
         checked = check_id(batch_id, "batch_id")
         rows = []
         for job in self._jobs_of(checked, self._kind(checked)):
-            video = self.store.locate(job.output_uri)
-            rows.append(reports.result_row(job, None if video is None else str(video)))
+            rows.append(reports.result_row(job, self.store.where(job.output_uri)))
         return rows
 
     # -- changing --------------------------------------------------------------------------------
@@ -608,7 +633,7 @@ class Client(ReadOps):
                 raise InvalidInput.one("job_id", "succeeded", f"only a succeeded draft can be promoted; job "
                                        f"{parent.id} is {parent.status.value}")
             data = parent.spec().model_dump()
-            data.update(preset="final", cache_threshold=None, steps=None)
+            data.update(preset="final", cache_threshold=None, steps=None, allow_degrade=False)
             if priority is not None:
                 data["priority"] = priority
             spec = parse_spec(data)
@@ -641,12 +666,21 @@ class Client(ReadOps):
         return reports.rerender_report(parent, self.ledger.get_job(child_id), timed_out=timed_out)
 
     def _rerender_job(self, parent: JobRecord) -> NewJob:
-        """A new job that renders ``parent``'s recorded spec again (never from the cache)."""
+        """A new job that renders ``parent``'s recorded spec again (never from the cache, never degraded under load).
+
+        A parent that rendered degraded is rendered at its effective parameters: the same frames.
+        """
+        from dataclasses import replace
+
+        from farm.spec import spec_from_canonical
+
         # the recorded canonical form must give the recorded key (under the spec version it was made with)
         if recorded_spec_version(parent.params, parent.job_key) is None:
             raise InvalidInput.one("job_id", "canonical", f"job {parent.id}'s recorded spec no longer gives its key")
         spec = parent.spec()  # (a farm.spec/1 seed above 2^32-1 comes back as the seed the generator used)
-        return self._new_job(spec, parent_job_id=parent.id, no_cache=True)
+        if parent.degraded_reason is not None and parent.effective_params:
+            spec = spec_from_canonical(parent.effective_params)
+        return replace(self._new_job(spec, parent_job_id=parent.id, no_cache=True), allow_degrade=False)
 
     def rerender_report(self, child_id: str) -> RerenderReport:
         """The report of an earlier :meth:`rerender` (by the re-render's job id)."""
@@ -668,11 +702,12 @@ class Client(ReadOps):
         if checked is not None:
             self.ledger.get_batch(checked)  # BatchNotFound for an unknown id
         jobs = self.ledger.succeeded_jobs(batch_id=checked)
-        if jobs and not self.store.root.is_dir():
+        if jobs and not self.store.present():
             raise InvalidInput.one(
                 "output_dir", "store_present",
-                f"the output store {self.store.root} does not exist on this machine: run the audit where "
-                "FARM_OUTPUT_DIR is mounted (auditing here would find every output missing)")
+                f"the output store {self.store.location} cannot be reached from this machine: run the audit where "
+                "FARM_OUTPUT_DIR is mounted or FARM_OUTPUT_URL's store is reachable (auditing here would find every "
+                "output missing)")
         recorded = self.ledger.outputs_of([j.output_uri for j in jobs if j.output_uri])
         report, marks = audit_outputs(jobs, self.store, recorded)
         self.ledger.mark_outputs(marks)

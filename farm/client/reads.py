@@ -19,7 +19,7 @@ from farm.ledger.status import JobStatus, parse_status
 if TYPE_CHECKING:
     from farm.ledger import Ledger
     from farm.ledger.records import BatchRecord, EventRecord, JobRecord, WorkerRecord
-    from farm.store import OutputStore
+    from farm.store import StoreBackend
 
 #: Most jobs one list call returns.
 MAX_LIST_LIMIT = 10_000
@@ -41,11 +41,16 @@ def check_id(value: object, field: str = "id") -> str:
 
 @dataclass(frozen=True)
 class Download:
-    """A job's file to serve: its path inside the output store, media type and a download name."""
+    """A job's file to serve, its media type and a download name.
 
-    path: Path
+    ``path``: a file inside the (file) output store, to stream; ``url``: a presigned URL of the
+    (s3) output store, to redirect to. Exactly one is set.
+    """
+
+    path: Path | None
     media_type: str
     filename: str
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class ReadOps:
     """Reading what the farm recorded (mixed into :class:`farm.client.Client`)."""
 
     ledger: Ledger
-    store: OutputStore
+    store: StoreBackend
 
     def get_job(self, job_id: str) -> JobRecord:
         """Every recorded field of one job (:class:`~farm.errors.JobNotFound` if unknown)."""
@@ -108,6 +113,8 @@ class ReadOps:
     def download(self, job_id: str, kind: str) -> Download:
         """A succeeded job's video or poster, located by the output store (never a path from the caller).
 
+        A file to stream (file store), or a presigned URL to redirect to (s3 store).
+
         :class:`~farm.errors.OutputNotReady` before it succeeded,
         :class:`~farm.errors.OutputMissing` when its file is gone.
         """
@@ -116,8 +123,8 @@ class ReadOps:
         job = self.get_job(job_id)
         if job.status is not JobStatus.SUCCEEDED or not job.output_uri:
             raise OutputNotReady(f"job {job.id} is {job.status.value}: it has no {kind} yet")
-        path = self.store.existing_file(job.output_uri, poster=kind == "poster")
-        if path is None:
+        served = self.store.serve(job.output_uri, poster=kind == "poster")
+        if served is None:
             raise OutputMissing(f"job {job.id}'s {kind} file is missing from the output store")
         media, ext = DOWNLOADS[kind]
-        return Download(path, media, f"{job.id}.{ext}")
+        return Download(served.path, media, f"{job.id}.{ext}", served.url)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from farm.ledger.records import JobRecord
+    from farm.ledger.records import JobRecord, WorkerRecord
     from farm.ledger.stats import Pace
 
 #: Status names in display order (the values stored in the ledger).
@@ -87,6 +87,9 @@ class StatusReport:
     eta_s: float | None
     #: True when :meth:`Client.wait` gave up before every job finished.
     timed_out: bool = False
+    #: Why queued jobs wait, when something other than the queue ahead of them holds them (no live
+    #: worker serves their model); empty otherwise (:meth:`Client.status` fills it).
+    waiting: tuple[str, ...] = ()
 
     @property
     def done(self) -> int:
@@ -108,6 +111,31 @@ class StatusReport:
         out = asdict(self)
         out.update(done=self.done, finished=self.finished, all_succeeded=self.all_succeeded)
         return out
+
+
+def waiting_reasons(queued: Mapping[str, int], workers: Sequence[WorkerRecord], now: datetime,
+                    stale_after_s: float) -> tuple[str, ...]:
+    """Why queued jobs of each model cannot start: no live worker serves it, or each one's circuit is open.
+
+    ``queued``: model -> queued jobs; ``workers``: every workers row. A model some live worker
+    serves gives no reason (its jobs wait for their turn).
+    """
+    live = [w for w in workers if w.live(now, stale_after_s)]
+    served = sorted({m for w in live if w.models is not None for m in w.models})
+    reasons = []
+    for model, n in sorted(queued.items()):
+        if n <= 0:
+            continue
+        servers = [w for w in live if w.serves(model)]
+        if not servers:
+            elsewhere = f"live workers serve {', '.join(served)}" if served else "no worker is live"
+            reasons.append(f"{n} queued job(s) of model {model}: no live worker serves this model ({elsewhere}); "
+                           f"they stay queued until one does")
+        elif all(w.state == "circuit_open" for w in servers):
+            names = ", ".join(w.name for w in servers)
+            reasons.append(f"{n} queued job(s) of model {model}: every worker serving it has its circuit breaker "
+                           f"open ({names})")
+    return tuple(reasons)
 
 
 def eta_seconds(total: int, work_done: float, elapsed_s: float) -> float | None:
@@ -167,7 +195,8 @@ def job_status(job: JobRecord, now: datetime) -> StatusReport:
 #: Columns of ``farm results --format csv`` (nested values are JSON text).
 RESULT_FIELDS: tuple[str, ...] = (
     "job_id", "batch_id", "batch_index", "status", "prompt", "negative_prompt", "seed", "seed_strategy",
-    "model", "priority", "params", "effective_params", "output", "output_uri", "file_sha256",
+    "model", "priority", "params", "effective_params", "allow_degrade", "degraded_reason", "requested_steps",
+    "effective_steps", "output", "output_uri", "file_sha256",
     "frames_sha256", "weights_fingerprint", "timings", "cache_of", "parent_job_id", "starred", "tags",
     "created_at", "started_at", "finished_at", "error_type", "error_message",
 )
@@ -175,6 +204,20 @@ RESULT_FIELDS: tuple[str, ...] = (
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def degradation(job: JobRecord) -> dict[str, Any]:
+    """Whether the job may render degraded, why it did (None: as asked), and the steps asked vs rendered.
+
+    ``effective_steps`` is None until it rendered (or was answered from another job's output).
+    """
+    effective = job.effective_params or {}
+    return {
+        "allow_degrade": job.allow_degrade,
+        "degraded_reason": job.degraded_reason,
+        "requested_steps": job.params.get("steps"),
+        "effective_steps": effective.get("steps"),
+    }
 
 
 def result_row(job: JobRecord, output: str | None) -> dict[str, Any]:
@@ -195,6 +238,7 @@ def result_row(job: JobRecord, output: str | None) -> dict[str, Any]:
         "priority": job.priority,
         "params": dict(job.params),
         "effective_params": None if job.effective_params is None else dict(job.effective_params),
+        **degradation(job),
         "output": output,
         "output_uri": job.output_uri,
         "file_sha256": job.file_sha256,

@@ -37,6 +37,7 @@ from farm.errors import (
     IllegalTransition,
     JobNotFound,
 )
+from farm.kinds import route_of
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
 from farm.ledger.models import batches, events, jobs, outputs
@@ -175,7 +176,7 @@ class Ledger(LedgerReads):
         with self._read() as conn:
             ids = list(conn.execute(select(q.in_batch_order(existing).subquery().c.id)).scalars())
             pending = q.unconfirmed(conn, existing)
-        return Admission(ids, [(job_id, priority) for job_id, priority, _ in pending], {}, {}, batch_id=existing,
+        return Admission(ids, [(job_id, route) for job_id, route, _ in pending], {}, {}, batch_id=existing,
                          created=False, to_send_index=[index for _, _, index in pending], job_count=len(ids))
 
     def confirm_sent(self, batch_id: str, through: int) -> None:
@@ -197,7 +198,8 @@ class Ledger(LedgerReads):
         self._answer_queued(conn, hits)
         return Admission(
             job_ids=[j.id for j in new_jobs],
-            to_send=[(j.id, j.priority) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "new"],
+            to_send=[(j.id, route_of(j.priority, j.model_name)) for j, d in zip(new_jobs, plan, strict=True)
+                     if d.kind == "new"],
             answered={j.id: str(d.cache_of) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "cache-hit"},
             following={j.id: str(d.cache_of) for j, d in zip(new_jobs, plan, strict=True) if d.kind == "follower"},
         )
@@ -212,11 +214,18 @@ class Ledger(LedgerReads):
         )
 
     def _resolve_followers(self, conn: Connection, leader_id: str) -> None:
-        """The leader succeeded: answer its queued followers from it (same transaction)."""
+        """The leader succeeded: answer its queued followers from it (same transaction).
+
+        A leader that rendered degraded answers no one: its followers are released to render.
+        """
         followers = q.follower_ids(conn, leader_id)
         if followers:
             original = q.original_row(conn, leader_id)
             assert original is not None
+            if original["degraded_reason"] is not None:
+                q.release_followers(conn, leader_id, leader_status=JobStatus.SUCCEEDED, now=self._now(),
+                                    reason="the leader rendered degraded")
+                return
             self._answer_queued(conn, [(follower, original) for follower in followers])
 
     def _release_followers(self, conn: Connection, leader_id: str, status: JobStatus) -> None:
@@ -528,18 +537,23 @@ class Ledger(LedgerReads):
         timings: Mapping[str, Any],
         worker_host: str | None = None,
         size_bytes: int | None = None,
+        degraded_reason: str | None = None,
     ) -> JobRecord:
         """Running -> succeeded with the render's results.
 
         With ``worker_host``, only if that worker still owns the job (else
         :class:`IllegalTransition`, nothing written). The job's queued followers are answered
         from it in the same transaction. The output is recorded ``ok`` (verified now: its
-        writer just wrote or checked it).
+        writer just wrote or checked it). ``degraded_reason``: it rendered at degraded settings
+        (event "degraded" first; it answers no cache hit and no follower).
         """
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
             o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
                              size_bytes=size_bytes, now=self._now())
+            if degraded_reason is not None:
+                q.record_degraded(conn, job_id, reason=degraded_reason, effective=effective_params,
+                                  worker=worker_host, now=self._now())
             record = self._transition(
                 conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host,
                 detail={"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256},
@@ -556,6 +570,7 @@ class Ledger(LedgerReads):
                     "progress": 1.0,
                     "error_type": None,
                     "error_message": None,
+                    "degraded_reason": degraded_reason,
                 },
                 only_from={JobStatus.RUNNING},
                 guard=self._owner_guard(worker_host),
@@ -749,14 +764,17 @@ class Ledger(LedgerReads):
                                   "updated_at": self._now(), "worker": worker})
 
     def worker_seen(self, name: str, *, host: str, device: str, pid: int, state: str, consecutive_failures: int = 0,
-                    jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None) -> None:
+                    jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None,
+                    models: Sequence[str] | None = None, tags: Sequence[str] | None = None) -> None:
         """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now.
 
-        ``started_at`` is set when it first appears, reports ``starting`` or a new pid.
+        ``started_at`` is set when it first appears, reports ``starting`` or a new pid. ``models``:
+        the models it serves (None: unknown, every model); ``tags``: its declared tags.
         """
         values = q.worker_values(
             name, self._now(), host=host, device=device, pid=pid, state=state, detail=detail,
             consecutive_failures=consecutive_failures, jobs_succeeded=jobs_succeeded, jobs_failed=jobs_failed,
+            models=None if models is None else list(models), tags=None if tags is None else list(tags),
         )
         with self._write() as conn:
             q.upsert_worker(conn, values)

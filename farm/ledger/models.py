@@ -132,6 +132,10 @@ jobs = Table(
     Column("enqueued_at", UTCDateTime(), nullable=True),
     #: Never answered from another job's output (no cache hit, never a follower).
     Column("no_cache", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    #: May render at the profile's degraded settings when the farm is under load.
+    Column("allow_degrade", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    #: Why the job rendered degraded (NULL: as asked); degraded outputs never answer the cache.
+    Column("degraded_reason", Text, nullable=True),
     CheckConstraint(_in_list("status", STATUS_VALUES), name="status"),
     CheckConstraint(_in_list("priority", PRIORITIES), name="priority"),
     CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
@@ -189,6 +193,9 @@ workers = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("detail", json_doc(), nullable=True),
+    #: Models whose weights the worker verified at start (the queues it consumes), and its tags.
+    Column("models", json_doc(), nullable=True),
+    Column("tags", json_doc(), nullable=True),
     CheckConstraint(_in_list("state", WORKER_STATES), name="state"),
     CheckConstraint(
         "consecutive_failures >= 0 AND jobs_succeeded >= 0 AND jobs_failed >= 0", name="counters_non_negative"

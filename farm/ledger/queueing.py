@@ -34,6 +34,7 @@ from sqlalchemy import JSON, Select, Table, bindparam, case, insert, literal, se
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
+from farm.kinds import route_of, route_parts
 from farm.ledger.models import batches, events, jobs, models, outputs, workers
 from farm.ledger.records import NewJob, OutputRecord
 from farm.ledger.status import INITIAL, WORKER_STATES, JobStatus
@@ -173,6 +174,7 @@ def _cache_originals(conn: Connection, keys: Sequence[str], wanted: set[str],
                 jobs.c.job_key.in_(part),
                 jobs.c.status == JobStatus.SUCCEEDED.value,
                 jobs.c.weights_fingerprint.in_(wanted),
+                jobs.c.degraded_reason.is_(None),  # a degraded render answers no one
                 outputs.c.state == "ok",
             )
             .order_by(*order)
@@ -256,6 +258,7 @@ def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Dec
                 "compat_key": j.compat_key,
                 "enqueued_at": sent_at,
                 "no_cache": j.no_cache,
+                "allow_degrade": j.allow_degrade,
             }
         )
         detail: dict[str, Any] = {"batch_id": j.batch_id, "parent_job_id": j.parent_job_id}
@@ -349,8 +352,8 @@ def update_each(conn: Connection, source: JobStatus, to: JobStatus,
 
 
 def original_row(conn: Connection, job_id: str) -> dict[str, Any] | None:
-    """The id, status and output columns of the job that answers others."""
-    columns = [jobs.c.id, jobs.c.status, *(jobs.c[name] for name in OUTPUT_COLUMNS)]
+    """The id, status, ``degraded_reason`` and output columns of the job that answers others."""
+    columns = [jobs.c.id, jobs.c.status, jobs.c.degraded_reason, *(jobs.c[name] for name in OUTPUT_COLUMNS)]
     row = conn.execute(select(*columns).where(jobs.c.id == job_id)).mappings().first()
     return None if row is None else dict(row)
 
@@ -386,10 +389,12 @@ def follower_ids(conn: Connection, leader_id: str) -> list[str]:
     return list(conn.execute(query).scalars())
 
 
-def release_followers(conn: Connection, leader_id: str, *, leader_status: JobStatus, now: datetime) -> list[str]:
-    """Make the queued followers of a failed or cancelled leader normal jobs again.
+def release_followers(conn: Connection, leader_id: str, *, leader_status: JobStatus, now: datetime,
+                      reason: str | None = None) -> list[str]:
+    """Make the queued followers of a failed, cancelled (or degraded) leader normal jobs again.
 
-    ``cache_of_job_id`` and ``enqueued_at`` NULL: the reaper enqueues them; one event each.
+    ``cache_of_job_id`` and ``enqueued_at`` NULL: the reaper enqueues them; one event each (with
+    ``reason``, when given, in its detail).
     """
     released = follower_ids(conn, leader_id)
     if not released:
@@ -414,12 +419,37 @@ def release_followers(conn: Connection, leader_id: str, *, leader_status: JobSta
                 "to_status": JobStatus.QUEUED.value,
                 "kind": UNFOLLOWED_EVENT,
                 "worker": None,
-                "detail": {"leader": leader_id, "leader_status": leader_status.value},
+                "detail": {"leader": leader_id, "leader_status": leader_status.value,
+                           **({"reason": reason} if reason else {})},
             }
             for job_id in released
         ],
     )
     return released
+
+
+#: Event kind of a job recorded with a degraded render (detail: the reason, requested vs effective).
+DEGRADED_EVENT = "degraded"
+#: The settings a degraded render may change (load: steps, step caching, preset; out of memory: size).
+DEGRADED_FIELDS: tuple[str, ...] = ("steps", "cache_threshold", "preset", "width", "height", "num_frames")
+
+
+def record_degraded(conn: Connection, job_id: str, *, reason: str, effective: Mapping[str, Any],
+                    worker: str | None, now: datetime) -> None:
+    """Append the "degraded" event of a job whose degraded render is being recorded (same transaction).
+
+    Its detail: the reason, and the settings that differ, as requested (the canonical spec) and as
+    rendered.
+    """
+    row = conn.execute(select(jobs.c.params, jobs.c.status).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return  # the transition that follows raises JobNotFound
+    asked = dict(row.params or {})
+    changed = [name for name in DEGRADED_FIELDS if asked.get(name) != effective.get(name)]
+    conn.execute(insert(events).values(
+        job_id=job_id, at=now, from_status=row.status, to_status=row.status, kind=DEGRADED_EVENT, worker=worker,
+        detail={"reason": reason, "requested": {name: asked.get(name) for name in changed},
+                "effective": {name: effective.get(name) for name in changed}}))
 
 
 # -- enqueue and claim ---------------------------------------------------------------------------
@@ -434,10 +464,10 @@ def to_enqueue(
     limit: int | None,
     lost_before: Mapping[str, datetime] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(id, priority)`` of queued non-follower jobs whose message is due again.
+    """``(id, route)`` of queued non-follower jobs whose message is due again.
 
-    Those never sent, sent before ``stale_before``, or (``lost_before``: priority -> time) of that
-    priority and sent before that time.
+    Those never sent, sent before ``stale_before``, or (``lost_before``: route -> time) of that
+    route (class and model) and sent before that time.
     """
     conditions: list[ColumnElement[bool]] = [
         jobs.c.status == JobStatus.QUEUED.value,
@@ -446,17 +476,19 @@ def to_enqueue(
     due: ColumnElement[bool] = jobs.c.enqueued_at.is_(None)
     if stale_before is not None:
         due = due | (jobs.c.enqueued_at < stale_before)
-    for priority, before in (lost_before or {}).items():
-        due = due | ((jobs.c.priority == priority) & (jobs.c.enqueued_at < before))
+    for route, before in (lost_before or {}).items():
+        priority, model = route_parts(route)
+        due = due | ((jobs.c.priority == priority) & (jobs.c.model_name == model) & (jobs.c.enqueued_at < before))
     conditions.append(due)
     if batch_id is not None:
         conditions.append(jobs.c.batch_id == batch_id)
-    base = select(jobs.c.id, jobs.c.priority, jobs.c.created_at, jobs.c.batch_index).where(*conditions)
+    columns = (jobs.c.id, jobs.c.priority, jobs.c.model_name, jobs.c.created_at, jobs.c.batch_index)
+    base = select(*columns).where(*conditions)
     if job_ids is None:
         query = base.order_by(*queue_order())
         if limit is not None:
             query = query.limit(limit)
-        return [(r.id, r.priority) for r in conn.execute(query)]
+        return [(r.id, route_of(r.priority, r.model_name)) for r in conn.execute(query)]
     found: list[Any] = []
     for part in chunks(list(dict.fromkeys(job_ids))):
         found.extend(conn.execute(base.where(jobs.c.id.in_(part))).all())
@@ -465,7 +497,7 @@ def to_enqueue(
                               r.batch_index or 0, r.id))
     if limit is not None:
         found = found[:limit]
-    return [(r.id, r.priority) for r in found]
+    return [(r.id, route_of(r.priority, r.model_name)) for r in found]
 
 
 #: Postgres channel on which a committed transaction announces jobs that reached a final status
@@ -494,18 +526,19 @@ def unmark_enqueued(conn: Connection, job_ids: Sequence[str]) -> None:
 
 
 def unconfirmed(conn: Connection, batch_id: str) -> list[tuple[str, str, int]]:
-    """``(id, priority, batch_index)`` of the batch's queued non-follower jobs whose message is not confirmed sent.
+    """``(id, route, batch_index)`` of the batch's queued non-follower jobs whose message is not confirmed sent.
 
     Never sent, or after the batch's ``sent_through`` (in batch order).
     """
     through = select(batches.c.sent_through).where(batches.c.id == batch_id).scalar_subquery()
     query = (
-        select(jobs.c.id, jobs.c.priority, jobs.c.batch_index)
+        select(jobs.c.id, jobs.c.priority, jobs.c.model_name, jobs.c.batch_index)
         .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED.value,
                jobs.c.cache_of_job_id.is_(None), jobs.c.enqueued_at.is_(None) | (jobs.c.batch_index > through))
         .order_by(jobs.c.batch_index.asc().nulls_last(), jobs.c.id)
     )
-    return [(r.id, r.priority, r.batch_index if r.batch_index is not None else -1) for r in conn.execute(query)]
+    return [(r.id, route_of(r.priority, r.model_name), r.batch_index if r.batch_index is not None else -1)
+            for r in conn.execute(query)]
 
 
 def confirm_sent(conn: Connection, batch_id: str, through: int) -> None:

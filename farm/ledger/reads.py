@@ -169,12 +169,14 @@ class LedgerReads(LedgerBase):
         """The succeeded job a cache hit may answer from, with its output's record.
 
         The most recently finished succeeded job with this key (and these weights, if given)
-        whose output is in state ``ok``; a cache hit answers from it after checking the file.
+        whose output is in state ``ok`` and that did not render degraded; a cache hit answers from
+        it after checking the file.
         """
         query = (
             select(jobs, *q.output_columns())
             .join(outputs, outputs.c.uri == jobs.c.output_uri)
-            .where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value, outputs.c.state == "ok")
+            .where(jobs.c.job_key == job_key, jobs.c.status == JobStatus.SUCCEEDED.value, outputs.c.state == "ok",
+                   jobs.c.degraded_reason.is_(None))
         )
         if weights_fingerprint is not None:
             query = query.where(jobs.c.weights_fingerprint == weights_fingerprint)
@@ -198,10 +200,34 @@ class LedgerReads(LedgerBase):
         with self._read() as conn:
             return stats.snapshot(conn, self._now())
 
+    def farm_load(self, *, live_within_s: float) -> stats.FarmLoad:
+        """How loaded the farm is now (one query): what degradation under load decides from.
+
+        The oldest queued interactive job's wait, and the live workers (seen within
+        ``live_within_s``, idle or busy) and how many of them are busy. See
+        :func:`farm.ledger.stats.farm_load`.
+        """
+        with self._read() as conn:
+            return stats.farm_load(conn, self._now(), live_within_s=live_within_s)
+
     def list_workers(self) -> list[WorkerRecord]:
         """Every worker ever seen, by name."""
         with self._read() as conn:
             return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]
+
+    def queued_models(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """How many jobs of each model are queued: of one batch, or among ``job_ids``."""
+        query = select(jobs.c.model_name, func.count()).where(jobs.c.status == JobStatus.QUEUED.value)
+        if batch_id is not None:
+            query = query.where(jobs.c.batch_id == batch_id)
+        counts: dict[str, int] = {}
+        with self._read() as conn:
+            parts = [None] if job_ids is None else list(q.chunks(list(job_ids)))
+            for part in parts:
+                chosen = query if part is None else query.where(jobs.c.id.in_(part))
+                for model, n in conn.execute(chosen.group_by(jobs.c.model_name)):
+                    counts[model] = counts.get(model, 0) + int(n)
+        return counts
 
     def model_fingerprint(self, name: str) -> str | None:
         """The weights fingerprint recorded for model ``name``, or None."""
@@ -212,10 +238,10 @@ class LedgerReads(LedgerBase):
     def jobs_to_enqueue(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None,
                         stale_before: datetime | None = None, limit: int | None = None,
                         lost_before: Mapping[str, datetime] | None = None) -> list[tuple[str, str]]:
-        """``(id, priority)`` of queued non-follower jobs whose message is due.
+        """``(id, route)`` of queued non-follower jobs whose message is due (route: class and model).
 
-        Those whose ``enqueued_at`` is NULL (or older than ``stale_before``, or, per priority, than
-        ``lost_before[priority]``), optionally of one batch / among ``job_ids``; interactive first,
+        Those whose ``enqueued_at`` is NULL (or older than ``stale_before``, or, per route, than
+        ``lost_before[route]``), optionally of one batch / among ``job_ids``; interactive first,
         then oldest, then ``batch_index``.
         """
         if limit is not None and limit < 0:
@@ -225,7 +251,7 @@ class LedgerReads(LedgerBase):
                                 lost_before=lost_before)
 
     def unconfirmed(self, batch_id: str) -> list[tuple[str, str, int]]:
-        """``(id, priority, batch_index)`` of the batch's queued jobs not confirmed sent."""
+        """``(id, route, batch_index)`` of the batch's queued jobs not confirmed sent."""
         with self._read() as conn:
             return q.unconfirmed(conn, batch_id)
 

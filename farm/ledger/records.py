@@ -56,6 +56,8 @@ class NewJob:
     no_cache: bool = False
     #: ``farm.spec.compat_digest(params)``; computed from ``params`` when left empty.
     compat_key: str = ""
+    #: May render at its profile's degraded (``draft``) settings when the farm is under load.
+    allow_degrade: bool = False
 
     def __post_init__(self) -> None:
         if not self.compat_key:
@@ -96,6 +98,7 @@ class NewJob:
             batch_index=batch_index,
             no_cache=no_cache,
             compat_key=compat_digest(canon),
+            allow_degrade=bool(canon.get("allow_degrade", False)),
         )
 
 
@@ -142,6 +145,10 @@ class JobRecord:
     compat_key: str
     enqueued_at: datetime | None
     no_cache: bool
+    #: May render at its profile's degraded (``draft``) settings when the farm is under load.
+    allow_degrade: bool = False
+    #: Why it rendered degraded (None: as asked). A degraded output never answers another job.
+    degraded_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
@@ -150,6 +157,7 @@ class JobRecord:
         data["status"] = JobStatus(data["status"])
         data["starred"] = bool(data["starred"])
         data["no_cache"] = bool(data["no_cache"])
+        data["allow_degrade"] = bool(data["allow_degrade"])
         data["progress"] = float(data["progress"])
         return cls(**data)
 
@@ -245,6 +253,18 @@ class WorkerRecord:
     started_at: datetime
     last_seen_at: datetime
     detail: dict[str, Any] | None
+    #: Models whose weights it verified at start: it consumes only their routes' queues.
+    models: list[str] | None = None
+    #: Its free-form tags (``h200``, ``4090``), as declared with ``farm worker --tags``.
+    tags: list[str] | None = None
+
+    def serves(self, model: str) -> bool:
+        """Whether it consumes ``model``'s queues (a row of a worker from before routing: every model)."""
+        return self.models is None or model in self.models
+
+    def live(self, now: datetime, stale_after_s: float) -> bool:
+        """Seen within ``stale_after_s`` and not stopped."""
+        return self.state != "stopped" and (now - self.last_seen_at).total_seconds() <= stale_after_s
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> WorkerRecord:
@@ -322,7 +342,7 @@ class Admission:
     """What adding jobs did with each of them (:meth:`farm.ledger.manager.Ledger.admit`)."""
 
     job_ids: list[str]
-    #: ``(job_id, priority)`` of the jobs that need a wake-up message, in order (batches: in
+    #: ``(job_id, route)`` of the jobs that need a wake-up message (route: class and model), in order (batches: in
     #: ``batch_index`` order; :attr:`to_send_index` holds each one's index).
     to_send: list[tuple[str, str]]
     #: Cache hits: job id -> the job whose output answered it (already succeeded).

@@ -1,6 +1,7 @@
-"""Aggregate read-only queries for monitoring (what a Prometheus scrape needs from the ledger).
+"""Aggregate read-only queries: what a Prometheus scrape needs from the ledger, and the farm's load.
 
-Plain functions on a Connection; :class:`farm.ledger.Ledger` exposes them (``stats_snapshot``).
+Plain functions on a Connection; :class:`farm.ledger.Ledger` exposes them (``stats_snapshot``,
+``pace``, ``farm_load``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
+from farm.kinds import Priority, WorkerState
 from farm.ledger.models import jobs, workers
 from farm.ledger.status import PRIORITIES, JobStatus
 
@@ -129,3 +131,50 @@ def pace(conn: Connection, *, batch_id: str | None = None, job_ids: list[str] | 
         query = select(jobs.c.worker_host).where(*where, rendered, jobs.c.worker_host.is_not(None)).distinct()
         hosts.update(h for (h,) in conn.execute(query))
     return Pace(counts, progress, done, first, len(hosts))
+
+
+#: Worker states that serve jobs (a starting, stopped or circuit-open worker takes none).
+SERVING_STATES: tuple[str, ...] = (WorkerState.IDLE.value, WorkerState.BUSY.value)
+
+
+@dataclass(frozen=True)
+class FarmLoad:
+    """How loaded the farm is (:func:`farm_load`): what degradation under load decides from."""
+
+    #: Seconds the oldest queued interactive job (not a follower) has waited; None: none waits.
+    oldest_interactive_wait_s: float | None
+    #: Live workers that serve jobs (idle or busy, seen within the liveness window).
+    serving_workers: int
+    #: Of those, the busy ones (state ``busy``, or owning a running job: the state lags a beat).
+    busy_workers: int
+
+    @property
+    def busy_fraction(self) -> float | None:
+        """``busy_workers / serving_workers``; None when no worker is live."""
+        return self.busy_workers / self.serving_workers if self.serving_workers else None
+
+
+def farm_load(conn: Connection, now: datetime, *, live_within_s: float) -> FarmLoad:
+    """The farm's :class:`FarmLoad` at ``now``, in one query (three scalar subqueries).
+
+    The oldest queued interactive job uses the (status, priority, created_at) index; a worker is
+    live when it was seen within ``live_within_s`` seconds.
+    """
+    c, w = jobs.c, workers.c
+    oldest = (
+        select(func.min(c.created_at))
+        .where(c.status == JobStatus.QUEUED.value, c.priority == Priority.INTERACTIVE.value,
+               c.cache_of_job_id.is_(None))
+        .scalar_subquery()
+    )
+    live = [w.last_seen_at >= now - timedelta(seconds=live_within_s), w.state.in_(SERVING_STATES)]
+    owners = select(c.worker_host).where(c.status == JobStatus.RUNNING.value, c.worker_host.is_not(None))
+    busy = (w.state == WorkerState.BUSY.value) | w.name.in_(owners)
+    serving = select(func.count()).select_from(workers).where(*live).scalar_subquery()
+    busy_count = select(func.count()).select_from(workers).where(*live, busy).scalar_subquery()
+    row = conn.execute(select(oldest.label("oldest"), serving.label("serving"), busy_count.label("busy"))).one()
+    wait = None
+    if row.oldest is not None:
+        since = row.oldest if row.oldest.tzinfo is not None else row.oldest.replace(tzinfo=UTC)
+        wait = max(0.0, (now - since).total_seconds())
+    return FarmLoad(wait, int(row.serving or 0), int(row.busy or 0))

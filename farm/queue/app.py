@@ -17,6 +17,8 @@ there is no result backend (``task_ignore_result``). The settings that matter:
 * Broker connection retries never give up (a worker outlives a broker restart); socket timeouts
   keep a dead TCP connection from hanging a publish forever.
 * Task events (``worker_send_task_events``, ``task_send_sent_event``) for Flower.
+* One queue per route (class x model, :mod:`farm.queue.names`), each declared on its own direct
+  exchange; a worker consumes only the routes of the models it serves.
 
 Without ``FARM_BROKER_URL`` the embedded filesystem broker under ``FARM_DATA_DIR/broker`` is used
 (no services needed). Producers import this module; it never imports torch or the task module.
@@ -29,7 +31,8 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from farm.queue.names import QUEUE_BATCH, QUEUES
+from farm.kinds import Priority, route_of
+from farm.queue.names import all_queues, queue_for
 from farm.settings import Settings, get_settings
 
 #: Seconds to wait for a TCP connection to the broker.
@@ -111,8 +114,8 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
-        task_queues=[_queue(name) for name in QUEUES],
-        task_default_queue=QUEUE_BATCH,
+        task_queues=[_queue(name) for name in all_queues()],
+        task_default_queue=queue_for(route_of(Priority.BATCH.value, settings.default_model)),
         task_create_missing_queues=False,
         task_publish_retry=True,
         task_publish_retry_policy=dict(PUBLISH_RETRY_POLICY),

@@ -1,10 +1,10 @@
 """Sending wake-up messages for jobs already committed in the ledger, and the reaper's pass.
 
-* :func:`enqueue_jobs` — one ``farm.render`` message per ``(job_id, priority)`` to the priority's
-  queue, then ``ledger.mark_enqueued``. Broker errors are transient: retried with exponential
-  backoff, jitter and a cap; if the broker stays away :class:`~farm.errors.BrokerUnavailable` is
-  raised, the jobs not sent keep ``enqueued_at`` NULL and the reaper sends them later. Nothing the
-  ledger accepted is lost.
+* :func:`enqueue_jobs` — one ``farm.render`` message per ``(job_id, route)`` to the route's queue
+  (class x model, :mod:`farm.queue.names`), then ``ledger.mark_enqueued``. Broker errors are
+  transient: retried with exponential backoff, jitter and a cap; if the broker stays away
+  :class:`~farm.errors.BrokerUnavailable` is raised, the jobs not sent keep ``enqueued_at`` NULL
+  and the reaper sends them later. Nothing the ledger accepted is lost.
 * :func:`reap` — one reaper pass: expired leases back to queued (or failed at the attempt cap),
   then every queued job whose message was never sent, was lost, or is stale is sent again.
   Duplicates are harmless: a message for a job that is not claimable is dropped by the worker.
@@ -35,11 +35,10 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from farm.errors import BrokerUnavailable, TransientError
-from farm.ledger.status import PRIORITIES
 from farm.ledger.types import utcnow
 from farm.queue import wire
 from farm.queue.app import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, get_app
-from farm.queue.names import TASK_RENDER, queue_for
+from farm.queue.names import TASK_RENDER, all_routes, queue_for
 from farm.settings import Settings, get_settings, redacted_url
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ def enqueue_jobs(
     max_total_s: float | None = None,
     mark: bool = True,
 ) -> int:
-    """Send one ``farm.render`` message per ``(job_id, priority)``, then mark them enqueued.
+    """Send one ``farm.render`` message per ``(job_id, route)``, then mark them enqueued.
 
     The jobs are already committed in the ledger. Returns how many were sent. Raises
     :class:`~farm.errors.BrokerUnavailable` when the broker stays unreachable through the retries
@@ -203,8 +202,8 @@ def _sender(app: Celery, max_total_s: float | None) -> Callable[[Sequence[tuple[
             with app.connection_for_write(transport_options=PRODUCER_TRANSPORT_OPTIONS) as conn:
                 producer = app.amqp.Producer(conn)
                 with producer.batch(max_size=2 * len(chunk) + 1):
-                    for job_id, priority in chunk:
-                        app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(priority), producer=producer,
+                    for job_id, route in chunk:
+                        app.send_task(TASK_RENDER, args=[job_id], queue=queue_for(route), producer=producer,
                                       ignore_result=True, retry=False)
         except errors as exc:
             raise BrokerUnavailable(f"broker {broker} unavailable: {type(exc).__name__}: {exc}") from exc
@@ -213,7 +212,7 @@ def _sender(app: Celery, max_total_s: float | None) -> Callable[[Sequence[tuple[
 
 
 def _drained(app: Celery) -> list[str]:
-    """The priorities whose queue holds no message right now (Redis brokers; unknown: none)."""
+    """The routes whose queue holds no message right now (Redis brokers; unknown: none)."""
     url = str(app.conf.broker_url)
     if not wire.supports(url):
         return []
@@ -221,11 +220,12 @@ def _drained(app: Celery) -> list[str]:
 
     client = wire.client_for(url, connect_timeout_s=BROKER_CONNECT_TIMEOUT_S, socket_timeout_s=BROKER_SOCKET_TIMEOUT_S)
     try:
-        lengths = wire.queue_lengths(client, [queue_for(p) for p in PRIORITIES])
+        routes = all_routes()
+        lengths = wire.queue_lengths(client, [queue_for(r) for r in routes])
     except (redis.RedisError, OSError) as exc:
         log.debug("reaper: queue lengths unknown (%s)", exc)
         return []
-    return [p for p in PRIORITIES if lengths[queue_for(p)] == 0]
+    return [r for r in routes if lengths[queue_for(r)] == 0]
 
 
 def _resend_stalled(ledger: Ledger, settings: Settings, app: Celery | None, before: datetime,
@@ -233,7 +233,7 @@ def _resend_stalled(ledger: Ledger, settings: Settings, app: Celery | None, befo
     closed = []
     for batch_id in ledger.stalled_batches(before, limit=STALLED_BATCHES_PER_PASS):
         rows = ledger.unconfirmed(batch_id)
-        pending = [(job_id, priority) for job_id, priority, _ in rows]
+        pending = [(job_id, route) for job_id, route, _ in rows]
         sent, error = send_jobs(ledger, pending, app=app, settings=settings, attempts=1)
         report.enqueued += sent
         if error is not None:
@@ -298,12 +298,12 @@ def reap(
     report = ReapReport(expired=ledger.requeue_expired(now))
     stale_before = now - timedelta(seconds=settings.reenqueue_after_s)
     lost_since = now - timedelta(seconds=settings.lost_message_grace_s)
-    lost_before = {priority: lost_since for priority in _drained(app or get_app(settings))}
+    lost_before = {route: lost_since for route in _drained(app or get_app(settings))}
     pending = ledger.jobs_to_enqueue(stale_before=stale_before, limit=limit, lost_before=lost_before)
     if previous is not None:
         due = set(previous) | set(report.expired)
         report.deferred = [job_id for job_id, _ in pending if job_id not in due]
-        pending = [(job_id, priority) for job_id, priority in pending if job_id in due]
+        pending = [(job_id, route) for job_id, route in pending if job_id in due]
     if pending:
         report.enqueued, error = send_jobs(ledger, pending, app=app, settings=settings, attempts=1)
         report.error = None if error is None else str(error)

@@ -119,7 +119,7 @@ def origin_name() -> str:
 
 
 def publish(app: Celery, client: redis.Redis, jobs: Sequence[tuple[str, str]]) -> None:
-    """``LPUSH`` one message per ``(job_id, priority)`` onto the priority's queue.
+    """``LPUSH`` one message per ``(job_id, route)`` onto the route's queue.
 
     In pipelines of :data:`PIPELINE_SIZE`. Raises redis-py's errors (the caller retries the whole
     call: a message sent twice is harmless, the claim drops the second).
@@ -127,8 +127,8 @@ def publish(app: Celery, client: redis.Redis, jobs: Sequence[tuple[str, str]]) -
     origin = origin_name()
     for start in range(0, len(jobs), PIPELINE_SIZE):
         pipe = client.pipeline(transaction=False)
-        for job_id, priority in jobs[start : start + PIPELINE_SIZE]:
-            queue = queue_for(priority)
+        for job_id, route in jobs[start : start + PIPELINE_SIZE]:
+            queue = queue_for(route)
             pipe.lpush(queue, message(app, job_id, queue, origin=origin))
         pipe.execute()
 

@@ -1,12 +1,16 @@
 """farm's output store.
 
-The layout, URIs and checks of rendered files (:mod:`farm.store.layout`), file hashing and atomic
-writes (:mod:`farm.store.files`), and writing renders (:mod:`farm.store.writer` with the encoder
-:mod:`farm.store.encode`: numpy and ffmpeg, imported only by workers and ``farm render``).
+One interface, two backends (:mod:`farm.store.backend`: :func:`open_store` opens the one
+``FARM_OUTPUT_URL`` names): the content-addressed directory (:mod:`farm.store.layout`, ``file://``)
+and an S3-compatible bucket (:mod:`farm.store.s3`, ``s3://``; obstore, imported on first use). The
+layout, URIs and checks are the same for both; file hashing and atomic writes are
+:mod:`farm.store.files`. Writing renders (:mod:`farm.store.writer` with the encoder
+:mod:`farm.store.encode`: numpy and ffmpeg) is imported only by workers and ``farm render``.
 
-Importing this package loads neither numpy nor torch.
+Importing this package loads neither numpy nor torch, nor the S3 client.
 """
 
+from farm.store.backend import StoreBackend, StoreWriter, open_store
 from farm.store.files import file_sha256, write_bytes_atomic
 from farm.store.layout import (
     ENCODE_PROFILE,
@@ -16,9 +20,11 @@ from farm.store.layout import (
     OutputCheck,
     OutputState,
     OutputStore,
+    Served,
     StoredOutput,
     output_id_of,
 )
+from farm.store.s3 import S3OutputStore
 
 __all__ = [
     "ENCODE_PROFILE",
@@ -28,8 +34,13 @@ __all__ = [
     "OutputCheck",
     "OutputState",
     "OutputStore",
+    "S3OutputStore",
+    "Served",
+    "StoreBackend",
+    "StoreWriter",
     "StoredOutput",
     "file_sha256",
+    "open_store",
     "output_id_of",
     "write_bytes_atomic",
 ]

@@ -20,6 +20,9 @@ A job records its video's URI (``file:///<root>/<id[:2]>/<id>/video.mp4``). The 
 back to a path by its last three components only (:meth:`OutputStore.locate`), so nodes that mount
 the same store at different paths agree on every output.
 
+This is the *file* backend of the output store; :mod:`farm.store.s3` is the object-store backend
+with the same layout and API (:class:`farm.store.backend.StoreBackend`).
+
 Standard library only: producers (audit, cache-hit checks, downloads) use this module without
 numpy. Writing is :class:`farm.store.writer.OutputWriter`'s (workers and ``farm render``).
 """
@@ -35,19 +38,17 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path, PurePath
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from farm.errors import OutputRefused, StorageError
+from farm.errors import OutputMissing, OutputRefused, StorageError
 from farm.kinds import OutputFormat, values
 from farm.store.files import TEMP_PREFIX, file_sha256, fsync_dir
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,21 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def is_sha256_hex(value: object) -> bool:
     """True for 64 lower-case hex digits."""
     return isinstance(value, str) and bool(_HEX64.match(value))
+
+
+def video_tail(path: str) -> tuple[str, str] | None:
+    """``(shard, output_id)`` when ``path`` ends in ``<id[:2]>/<id>/video.mp4``, else None.
+
+    How both backends map a recorded URI back into their layout: by its last three components
+    only (nothing else of a URI is trusted, and no component ever comes from prompt text).
+    """
+    tail = PurePath(unquote(path)).parts[-3:]
+    if len(tail) != 3:
+        return None
+    shard, output_id, name = tail
+    if name != VIDEO_FILENAME or not is_sha256_hex(output_id) or shard != output_id[:2]:
+        return None
+    return shard, output_id
 
 
 def output_id_of(frames_hash: str, fps: int, output_format: str) -> str:
@@ -135,17 +151,29 @@ class RecordedOutput(Protocol):
 
 
 @dataclass(frozen=True)
+class Served:
+    """How a stored file is served: stream the local ``path``, or redirect to ``url`` (presigned)."""
+
+    path: Path | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class StoredOutput:
-    """Where one render's outputs are and what they hash to."""
+    """Where one render's outputs are and what they hash to.
+
+    The paths are files for the file store, and object keys (relative to the store's
+    ``s3://bucket/prefix``) for an s3 store.
+    """
 
     output_id: str
     #: The MP4.
-    path: Path
+    path: PurePath
     uri: str
-    poster_path: Path
+    poster_path: PurePath
     #: PNG frames (``frames/00000.png`` ...), or None for output_format "mp4".
-    frames_dir: Path | None
-    sidecar_path: Path
+    frames_dir: PurePath | None
+    sidecar_path: PurePath
     file_sha256: str
     frames_sha256: str
     size_bytes: int
@@ -158,20 +186,100 @@ class StoredOutput:
     #: True when the directory already existed (written earlier or by a concurrent writer).
     reused: bool
     #: Where a damaged directory found in its place was moved (None: there was none).
-    quarantined: Path | None = None
+    quarantined: PurePath | str | None = None
+
+
+def read_sidecar_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """A sidecar's JSON; :class:`~farm.errors.StorageError` when it is not one."""
+    try:
+        sidecar = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StorageError(f"output {where} has no readable sidecar: {exc}") from exc
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise StorageError(f"output {where} has an unknown sidecar format")
+    return sidecar
+
+
+def stored_from_sidecar(
+    directory: PurePath, sidecar: dict[str, Any], uri_of: Callable[[PurePath], str], *, encode_seconds: float,
+    reused: bool,
+) -> StoredOutput:
+    """The :class:`StoredOutput` a sidecar describes, its files under ``directory``.
+
+    ``uri_of`` gives the video's URI. :class:`~farm.errors.StorageError` for a malformed sidecar.
+    """
+    try:
+        video = directory / str(sidecar["video"]["file"])
+        frames_meta = sidecar.get("frames")
+        shape = tuple(int(n) for n in sidecar["shape"])
+        if len(shape) != 4:
+            raise ValueError("shape must have 4 entries")
+        return StoredOutput(
+            output_id=str(sidecar["output_id"]),
+            path=video,
+            uri=uri_of(video),
+            poster_path=directory / str(sidecar["poster"]["file"]),
+            frames_dir=directory / str(frames_meta["dir"]) if frames_meta else None,
+            sidecar_path=directory / SIDECAR_FILENAME,
+            file_sha256=str(sidecar["video"]["sha256"]),
+            frames_sha256=str(sidecar["frames_sha256"]),
+            size_bytes=int(sidecar["video"]["size_bytes"]),
+            shape=(shape[0], shape[1], shape[2], shape[3]),
+            fps=int(sidecar["fps"]),
+            output_format=str(sidecar["output_format"]),
+            encode_seconds=encode_seconds,
+            reused=reused,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StorageError(f"output directory {directory} has a malformed sidecar: {exc}") from exc
 
 
 class OutputStore:
-    """The content-addressed outputs directory (see the module docstring)."""
+    """The content-addressed outputs directory (see the module docstring): the file backend."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    # -- the backend API shared with the s3 store (farm.store.backend.StoreBackend) -------------
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: its root directory."""
+        return str(self.root)
+
+    def present(self) -> bool:
+        """Whether the store is there on this machine (its root is a directory)."""
+        return self.root.is_dir()
+
+    def where(self, uri: str | None, *, poster: bool = False) -> str | None:
+        """Where an output's video (or poster) is in this store, for people: its path (None: not the store's URI)."""
+        video = self.locate(uri)
+        if video is None:
+            return None
+        return str(video.with_name(POSTER_FILENAME) if poster else video)
+
+    def serve(self, uri: str | None, *, poster: bool = False) -> Served | None:
+        """How to serve an output's video (or poster): its file, streamed (None: it is missing)."""
+        path = self.existing_file(uri, poster=poster)
+        return None if path is None else Served(path=path)
+
+    def copy_to(self, uri: str | None, dest: Path, *, poster: bool = False) -> None:
+        """Copy an output's video (or poster) to ``dest`` (atomically: a temporary file, then a rename).
+
+        :class:`~farm.errors.OutputMissing` when it is not in the store.
+        """
+        path = self.existing_file(uri, poster=poster)
+        if path is None:
+            raise OutputMissing(f"output {uri} is not in the output store {self.location}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+
     # -- paths and URIs -------------------------------------------------------------------------
-    def _inside(self, path: Path) -> Path:
+    def _inside(self, path: PurePath) -> Path:
         """``path`` resolved; :class:`~farm.errors.OutputRefused` if it leaves the root (a symlink escape)."""
         real_root = self.root.resolve()
-        real = path.resolve()
+        real = Path(path).resolve()
         if real != real_root and not real.is_relative_to(real_root):
             raise OutputRefused(f"refusing {path}: it resolves to {real}, outside the output root {real_root}")
         return real
@@ -198,13 +306,11 @@ class OutputStore:
         parts = urlsplit(uri)
         if parts.scheme != FILE_SCHEME:
             return None
-        tail = Path(unquote(parts.path)).parts[-3:]
-        if len(tail) != 3:
+        tail = video_tail(parts.path)
+        if tail is None:
             return None
-        shard, output_id, name = tail
-        if name != VIDEO_FILENAME or not is_sha256_hex(output_id) or shard != output_id[:2]:
-            return None
-        return self.root / shard / output_id / name
+        shard, output_id = tail
+        return self.root / shard / output_id / VIDEO_FILENAME
 
     def poster_of(self, uri: str | None) -> Path | None:
         """The poster next to an output's video (None when the URI is not the store's)."""
@@ -234,40 +340,16 @@ class OutputStore:
     def _read_sidecar(self, directory: Path) -> dict[str, Any]:
         path = self._inside(directory / SIDECAR_FILENAME)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
             raise StorageError(f"output directory {directory} has no readable sidecar: {exc}") from exc
-        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-            raise StorageError(f"output directory {directory} has an unknown sidecar format")
-        return data
+        return read_sidecar_bytes(data, f"directory {directory}")
 
     def _from_sidecar(
         self, directory: Path, sidecar: dict[str, Any], *, encode_seconds: float, reused: bool
     ) -> StoredOutput:
-        try:
-            video = directory / str(sidecar["video"]["file"])
-            frames_meta = sidecar.get("frames")
-            shape = tuple(int(n) for n in sidecar["shape"])
-            if len(shape) != 4:
-                raise ValueError("shape must have 4 entries")
-            return StoredOutput(
-                output_id=str(sidecar["output_id"]),
-                path=video,
-                uri=self.uri_of(video),
-                poster_path=directory / str(sidecar["poster"]["file"]),
-                frames_dir=directory / str(frames_meta["dir"]) if frames_meta else None,
-                sidecar_path=directory / SIDECAR_FILENAME,
-                file_sha256=str(sidecar["video"]["sha256"]),
-                frames_sha256=str(sidecar["frames_sha256"]),
-                size_bytes=int(sidecar["video"]["size_bytes"]),
-                shape=(shape[0], shape[1], shape[2], shape[3]),
-                fps=int(sidecar["fps"]),
-                output_format=str(sidecar["output_format"]),
-                encode_seconds=encode_seconds,
-                reused=reused,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StorageError(f"output directory {directory} has a malformed sidecar: {exc}") from exc
+        return stored_from_sidecar(directory, sidecar, lambda video: self.uri_of(Path(video)),
+                                   encode_seconds=encode_seconds, reused=reused)
 
     def get(self, output_id: str) -> StoredOutput | None:
         """The stored output with this id, or None when absent."""

@@ -1,26 +1,70 @@
 """Writing a render's outputs into the store.
 
-:class:`OutputWriter` is the :class:`~farm.store.layout.OutputStore` of workers and
-``farm render`` (numpy and ffmpeg, through :mod:`farm.store.encode`). Producers never import it.
+:class:`OutputWriter` is the file :class:`~farm.store.layout.OutputStore` of workers and
+``farm render``; :class:`S3OutputWriter` the s3 one (:func:`open_writer` picks the one the settings
+name). numpy and ffmpeg, through :mod:`farm.store.encode`: producers never import this module.
+
+**Upload, then record.** :meth:`S3OutputWriter.put_render` encodes into a local staging folder (the
+file writer's path: ``<staging>/<id[:2]>/.tmp-stage-<id>``, complete or absent), uploads every
+file (the sidecar last), confirms each object (HEAD: size and sha256 metadata) and only then
+returns; the runner records the job succeeded after that. A store lost on the way raises
+:class:`~farm.errors.StoreUnavailable`: the runner retries the call, which finds the staged folder
+intact and uploads again without encoding again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from farm.errors import OutputRefused, StorageError
+from farm.errors import OutputRefused, StorageError, StoreUnavailable
 from farm.store import encode
-from farm.store.files import TEMP_PREFIX, fsync_dir
-from farm.store.layout import OUTPUT_FORMATS, OutputStore, StoredOutput, is_sha256_hex, output_id_of
+from farm.store.files import TEMP_PREFIX, file_sha256, fsync_dir
+from farm.store.layout import (
+    OUTPUT_FORMATS,
+    SIDECAR_FILENAME,
+    OutputStore,
+    StoredOutput,
+    is_sha256_hex,
+    output_id_of,
+)
+from farm.store.s3 import SHA256_METADATA, S3OutputStore, content_type
+
+if TYPE_CHECKING:
+    from farm.settings import Settings
+    from farm.store.backend import StoreWriter
 
 log = logging.getLogger(__name__)
+
+#: Staging folders of the s3 writer start with this (a temporary entry: ``clean_temp`` removes stale ones).
+STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
+
+
+def open_writer(settings: Settings) -> StoreWriter:
+    """The output store renders are written into: the one ``FARM_OUTPUT_URL`` (or ``FARM_OUTPUT_DIR``) names."""
+    if settings.output_store_kind == "s3":
+        return S3OutputWriter.from_settings(settings)
+    return OutputWriter(settings.outputs_path)
+
+
+def checked_render(frames: np.ndarray, fps: int, job_key: str, output_format: str) -> tuple[np.ndarray, str, str]:
+    """``(frames, frames sha256, output id)`` of a render to store; ValueError for bad arguments."""
+    frames = encode.check_frames(frames)
+    encode.check_fps(fps)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    if not is_sha256_hex(job_key):
+        raise ValueError("job_key must be a lowercase sha256 hex string")
+    fhash = encode.frames_sha256(frames)
+    return frames, fhash, output_id_of(fhash, fps, output_format)
 
 
 class OutputWriter(OutputStore):
@@ -35,14 +79,11 @@ class OutputWriter(OutputStore):
         in the way is quarantined and written anew.
         """
         started = time.perf_counter()
-        frames = encode.check_frames(frames)
-        encode.check_fps(fps)
-        if output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-        if not is_sha256_hex(job_key):
-            raise ValueError("job_key must be a lowercase sha256 hex string")
-        fhash = encode.frames_sha256(frames)
-        output_id = output_id_of(fhash, fps, output_format)
+        frames, fhash, output_id = checked_render(frames, fps, job_key, output_format)
+        return self._put_checked(frames, fps, job_key, output_format, fhash, output_id, started)
+
+    def _put_checked(self, frames: np.ndarray, fps: int, job_key: str, output_format: str, fhash: str,
+                     output_id: str, started: float) -> StoredOutput:
         final = self.dir_for(output_id)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -106,3 +147,110 @@ class OutputWriter(OutputStore):
             return None
         return stored
 
+
+
+class _Staging(OutputWriter):
+    """The s3 writer's local staging: the file writer, with temporary folders (``.tmp-stage-<id>``).
+
+    A staged folder appears complete or not at all (written under another temporary name, renamed);
+    a retry finds it intact and reuses it; a damaged one is removed and written anew.
+    """
+
+    def dir_for(self, output_id: str) -> Path:
+        """``<staging>/<id[:2]>/.tmp-stage-<id>``."""
+        if not is_sha256_hex(output_id):
+            raise ValueError("output_id must be a lowercase sha256 hex string")
+        return self.root / output_id[:2] / f"{STAGE_PREFIX}{output_id}"
+
+    def _quarantine_dir(self, directory: Path, reason: str) -> Path | None:
+        log.warning("staging folder %s removed: %s", directory, reason)
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+
+
+class S3OutputWriter(S3OutputStore):
+    """The s3 output store with its one way in for new outputs (:meth:`put_render`)."""
+
+    def put_render(self, frames: np.ndarray, fps: int, job_key: str, output_format: str = "mp4") -> StoredOutput:
+        """Store one render's outputs in the bucket; returns once every object is confirmed there.
+
+        Idempotent: an intact output already in the bucket (its sidecar, and its video downloaded
+        and hashed) is returned as it is; a damaged one is quarantined and written anew. Else the
+        files are encoded into the local staging folder (or found there from an earlier try),
+        uploaded, confirmed, and the staging folder removed. :class:`~farm.errors.StoreUnavailable`
+        when the store cannot be reached (the caller retries: nothing is encoded twice).
+        """
+        started = time.perf_counter()
+        frames, fhash, output_id = checked_render(frames, fps, job_key, output_format)
+        found, quarantined = self._existing(output_id, fhash)
+        if found is not None:
+            return found
+        staging = _Staging(self.staging)
+        staged = staging._put_checked(frames, fps, job_key, output_format, fhash, output_id, started)
+        local = Path(staged.sidecar_path).parent
+        folder = self.dir_key(output_id)
+        self._upload(local, folder)
+        shutil.rmtree(local, ignore_errors=True)
+        remote = PurePosixPath(folder)
+        return dataclasses.replace(
+            staged, path=remote / Path(staged.path).name, uri=self.uri_of(remote / Path(staged.path).name),
+            poster_path=remote / Path(staged.poster_path).name,
+            frames_dir=None if staged.frames_dir is None else remote / Path(staged.frames_dir).name,
+            sidecar_path=remote / SIDECAR_FILENAME, encode_seconds=time.perf_counter() - started, reused=False,
+            quarantined=quarantined,
+        )
+
+    def _existing(self, output_id: str, fhash: str) -> tuple[StoredOutput | None, str | None]:
+        """``(the intact output already in the bucket, None)``; else ``(None, where a damaged one went)``."""
+        folder = self.dir_key(output_id)
+        try:
+            found = self.get(output_id)
+        except StoreUnavailable:
+            raise
+        except StorageError as exc:  # a sidecar that cannot be read
+            log.warning("output %s: %s", output_id, exc)
+            return None, self.quarantine_folder(folder, f"damaged output {output_id} found by a writer")
+        if found is None:  # absent (or a partial upload without its sidecar: overwritten)
+            return None, None
+        if found.output_id == output_id and found.frames_sha256 == fhash and self.verify(found):
+            return found, None
+        log.warning("output %s in %s is damaged (its objects do not match its sidecar)", output_id, self.location)
+        return None, self.quarantine_folder(folder, f"damaged output {output_id} found by a writer")
+
+    def _upload(self, local: Path, folder: str) -> None:
+        """Upload a staged folder: the files, confirmed; then the sidecar, confirmed."""
+        try:
+            files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != SIDECAR_FILENAME)
+        except OSError as exc:
+            raise StorageError(f"staged output {local} unreadable: {exc}") from exc
+        self._put_confirmed(local, folder, files)
+        self._put_confirmed(local, folder, [local / SIDECAR_FILENAME])
+
+    def _put_confirmed(self, local: Path, folder: str, files: list[Path]) -> None:
+        """PUT each file with its sha256 as metadata, then HEAD each: size and sha256 as sent, or StoreUnavailable."""
+        sent: dict[str, tuple[int, str]] = {}
+        for path in files:
+            key = f"{folder}/{path.relative_to(local).as_posix()}"
+            try:
+                size, sha = path.stat().st_size, file_sha256(path)
+            except OSError as exc:  # a concurrent writer of the same output removed it: try again
+                raise StorageError(f"staged file {path} unreadable: {exc}") from exc
+            self._put(key, path, sha)
+            sent[key] = (size, sha)
+        for key, (size, sha) in sent.items():
+            head = self.head(key)
+            if head is None or (head.size, head.sha256) != (size, sha):
+                got = "nothing" if head is None else f"{head.size} bytes, sha256 {head.sha256}"
+                raise StoreUnavailable(f"{self.uri_of(key)} was uploaded ({size} bytes, sha256 {sha}) but the "
+                                       f"store holds {got}")
+
+    def _put(self, key: str, path: Path, sha: str) -> None:
+        import obstore
+
+        attributes: dict[str, str] = {"Content-Type": content_type(key), SHA256_METADATA: sha}
+        try:
+            self.call(f"uploading {key}", lambda: obstore.put(self.client(), key, path, attributes=attributes))
+        except FileNotFoundError as exc:
+            if path.exists():  # the store's 404: no such bucket
+                raise StoreUnavailable(f"uploading {key} to {self.location}: not found (no such bucket?)") from exc
+            raise StorageError(f"staged file {path} vanished during its upload") from exc  # (the client reads it)

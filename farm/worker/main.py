@@ -46,8 +46,6 @@ _CUDA = re.compile(r"^cuda:(\d+)$")
 #: Role of the processes ``farm worker`` starts, and of ``farm render``'s in-process runner.
 WORKER_ROLE = "farm"
 RENDER_ROLE = "render"
-#: A worker row not seen for this many heartbeats belongs to a process that is gone.
-STALE_HEARTBEATS = 3
 #: Default seconds a warm shutdown (SIGTERM) lets the current render run before handing its jobs
 #: back (keep it under the orchestrator's grace period, e.g. Kubernetes' terminationGracePeriodSeconds).
 DEFAULT_STOP_TIMEOUT_S = 60.0
@@ -125,7 +123,7 @@ def refuse_duplicate(ledger: Ledger, name: str, settings: Settings) -> None:
     if row is None or row.state == "stopped" or row.host != socket.gethostname() or row.pid == os.getpid():
         return
     silent_s = (datetime.now(UTC) - row.last_seen_at).total_seconds()
-    if silent_s > STALE_HEARTBEATS * settings.heartbeat_s or not _process_alive(row.pid):
+    if silent_s > settings.worker_stale_s or not _process_alive(row.pid):
         return
     raise InvalidInput.one(
         "hostname", "unique_worker",
@@ -133,27 +131,94 @@ def refuse_duplicate(ledger: Ledger, name: str, settings: Settings) -> None:
         "one another name with --hostname NAME@%h")
 
 
+def _names(text: str | None) -> list[str]:
+    return [] if text is None else list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+
+
+def serving_models(requested: str | None, settings: Settings) -> tuple[str, ...]:
+    """The models this worker serves: their weights verified now, before it consumes anything.
+
+    ``requested`` (``--models a,b``): exactly those; a directory model whose weights are not
+    complete under ``FARM_MODEL_DIR`` refuses the start (:class:`InvalidInput` naming what is
+    missing). None: every built-in model and every directory model whose weights are complete.
+    A worker consumes only the queues of these models, so it never claims a job it cannot render.
+    """
+    from farm.engine.weights import missing_pieces, model_directory
+    from farm.profiles import PROFILES
+
+    names = _names(requested)
+    for name in names:
+        if name not in PROFILES:
+            raise InvalidInput.one("models", "known_model",
+                                   f"--models names unknown model {name!r}; known: {', '.join(sorted(PROFILES))}")
+    served: list[str] = []
+    for name in names or list(PROFILES):
+        profile = PROFILES[name]
+        if profile.source == "builtin":
+            served.append(name)
+            continue
+        directory = model_directory(profile, settings.models_path)
+        missing = missing_pieces(profile, directory)
+        if not missing:
+            served.append(name)
+        elif names:
+            raise InvalidInput.one(
+                "models", "weights_present",
+                f"this worker cannot serve {name}: its weights under {directory} are not complete; missing: "
+                f"{'; '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        else:
+            log.info("not serving %s: no complete weights under %s", name, settings.models_path)
+    if not served:
+        raise InvalidInput.one("models", "weights_present", "this worker serves no model")
+    return tuple(served)
+
+
+def device_memory_mb(plan: DevicePlan) -> int | None:
+    """Total memory of the worker's device in MiB (the GPU's, or the host's for a CPU worker)."""
+    if plan.torch_device == "cpu":
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+        except (ValueError, OSError):
+            return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(0).total_memory // 2**20)
+
+
 def run_worker(device: str, *, queues: str, hostname: str | None, loglevel: str | None, stop_timeout_s: float,
-               settings: Settings, worker_options: dict[str, Any] | None = None) -> int:
-    """Pin the device, then run the Celery worker in this process until it stops; its exit code."""
+               settings: Settings, worker_options: dict[str, Any] | None = None, models: str | None = None,
+               tags: str | None = None) -> int:
+    """Pin the device, then run the Celery worker in this process until it stops; its exit code.
+
+    It consumes the queues of ``queues``' classes for the models it serves
+    (:func:`serving_models`), and records both, its ``tags`` and its device memory in its
+    ``workers`` row.
+    """
     plan = pin_device(device)
     from farm.ledger import Ledger
     from farm.queue.app import make_app
-    from farm.queue.names import parse_queues
+    from farm.queue.names import parse_queues, queues_for
     from farm.worker import task
     from farm.worker.runtime import WorkerConfig, configure
 
     try:
-        queue_names = parse_queues(queues)
+        classes = parse_queues(queues)
     except ValueError as exc:
         raise InvalidInput.one("queues", "queues", str(exc)) from None
+    served = serving_models(models or settings.worker_models, settings)
+    queue_names = queues_for(classes, served)
     settings = Settings(**{**settings.model_dump(), "device": plan.torch_device})
     name = node_name(plan, hostname)
     with Ledger.from_settings(settings) as ledger:  # the schema is usable (embedded: created) before consuming
         refuse_duplicate(ledger, name, settings)
     app = make_app(settings)
     task.register(app)
-    configure(WorkerConfig(settings, name, plan.device, tuple(queue_names), stop_timeout_s), app)
+    log.info("%s serves %s: consuming %s", name, ", ".join(served), ", ".join(queue_names))
+    configure(WorkerConfig(settings, name, plan.device, tuple(queue_names), stop_timeout_s, models=served,
+                           tags=tuple(_names(tags or settings.worker_tags)), device_memory_mb=device_memory_mb(plan)),
+              app)
     options: dict[str, Any] = {
         "hostname": name,
         "pool": "solo",
@@ -188,11 +253,11 @@ def render_locally(spec: RenderSpec, settings: Settings, *, no_cache: bool = Fal
     is verified is answered from it without rendering.
     """
     from farm.ledger import Ledger, NewJob
-    from farm.store import OutputStore
+    from farm.store import open_store
     from farm.worker.runner import build_runner
 
     plan = device_plan(settings.device)
-    store = OutputStore(settings.outputs_path)
+    store = open_store(settings)
     with Ledger.from_settings(settings) as ledger:
         new_job = NewJob.from_spec(spec, max_attempts=settings.max_attempts, no_cache=no_cache)
         job_id = ledger.add_job(new_job, output_ok=store.vouches)

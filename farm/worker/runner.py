@@ -7,6 +7,9 @@ recorded by the other. The flow (rq-style, each outcome handed to one handler):
 1. **claim** each job in the ledger (queued -> running with a lease). A job that is not
    claimable (already running under a live lease, already finished, cancelled, a follower) is
    *dropped*: never rendered twice. Workers claim before calling :meth:`JobRunner.run_claimed`.
+   Before rendering, :meth:`JobRunner.decide_degradation` reads the farm's load once per claimed
+   batch: under load, jobs that allow it render at their profile's ``draft`` settings
+   (:mod:`farm.worker.degrade`), in groups of their own.
 2. **load** the model (kept warm by the engine), register its weights fingerprint, and answer
    jobs whose output already exists (same job key, same weights, the file hashed and intact) as
    cache hits, unless the job says ``no_cache``; a damaged output is marked in the ledger and the
@@ -41,13 +44,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from farm.errors import IllegalTransition, RenderCancelled, TransientError, classify
 from farm.ledger import JobRecord, Ledger
 from farm.ledger.records import OutputMark
+from farm.settings import LIVE_WORKER_BEATS
 from farm.spec import compatibility_key
+from farm.worker.degrade import Degraded, DegradePolicy, degraded_canon
 
 if TYPE_CHECKING:
     import numpy as np
 
     from farm.settings import Settings
-    from farm.store.writer import OutputWriter
+    from farm.store import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +164,22 @@ class _Group:
     jobs: list[JobRecord]
     beat: Heartbeat
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    #: The group's jobs that render degraded (every job of a group renders with the same settings).
+    degraded: Mapping[str, Degraded] = field(default_factory=dict)
 
     def done(self, outcome: Outcome) -> None:
         self.beat.finish(outcome.job_id)
         self.outcomes[outcome.job_id] = outcome
+
+    def canon(self, job: JobRecord) -> Mapping[str, Any]:
+        """The canonical spec ``job`` renders with: its own, or its degraded one."""
+        found = self.degraded.get(job.id)
+        return job.params if found is None else found.canon
+
+    def reason(self, job: JobRecord) -> str | None:
+        """Why ``job`` renders degraded (None: as asked)."""
+        found = self.degraded.get(job.id)
+        return None if found is None else found.reason
 
 
 class Heartbeat:
@@ -227,7 +244,7 @@ class JobRunner:
 
     ledger: Ledger
     engine: RenderEngine
-    store: OutputWriter
+    store: StoreWriter
     worker_host: str
     worker_device: str
     lease_s: float
@@ -240,6 +257,8 @@ class JobRunner:
     before_render: BeforeRender | None = None
     #: Answer jobs from existing outputs (same job key and weights) after the model is loaded.
     use_cache: bool = True
+    #: When jobs that allow it render at their profile's draft settings (see :mod:`farm.worker.degrade`).
+    degrade: DegradePolicy = field(default_factory=DegradePolicy)
     #: Set to stop rendering now (shutdown deadline): rendering jobs are handed back.
     stop: threading.Event = field(default_factory=threading.Event)
     _env: dict[str, Any] | None = field(default=None, repr=False)
@@ -297,36 +316,64 @@ class JobRunner:
         compatible jobs down with it twice.
         """
         outcomes: dict[str, Outcome] = {}
+        plan = self.decide_degradation(records)
         with Heartbeat(self.ledger, records, worker_host=self.worker_host, lease_s=self.lease_s,
                        interval=self.heartbeat_s) as beat:
-            for group in self._groups(list(records)):
+            for group in self._groups(list(records), plan):
                 if self.stop.is_set():  # shutting down: groups not started yet go back at once
                     group_outcomes = [self.handle_release(job, "worker shutting down") for job in group]
                 else:
-                    group_outcomes = self._render_group(group, beat)
+                    group_outcomes = self._render_group(group, beat, plan)
                 for outcome in group_outcomes:
                     outcomes[outcome.job_id] = outcome
                     beat.finish(outcome.job_id)
         return [outcomes[r.id] for r in records]
 
-    def _groups(self, jobs: list[JobRecord]) -> list[list[JobRecord]]:
+    def decide_degradation(self, records: Sequence[JobRecord]) -> dict[str, Degraded]:
+        """Which claimed jobs render at their profile's draft settings, and why (see :mod:`farm.worker.degrade`).
+
+        Only jobs with ``allow_degrade`` that the draft settings make cheaper, and only when the
+        farm's load (one ledger query, read only when there is such a job and a threshold is set)
+        passes a threshold. A load that cannot be read renders everything as asked.
+        """
+        if not self.degrade.enabled:
+            return {}
+        cheaper = {job.id: canon for job in records
+                   if job.allow_degrade and (canon := degraded_canon(job.params)) is not None}
+        if not cheaper:
+            return {}
+        try:
+            load = self.ledger.farm_load(live_within_s=LIVE_WORKER_BEATS * self.heartbeat_s)
+        except Exception as exc:  # degradation is optional: never let it stop a render
+            log.warning("the farm's load was not read (%s: %s): rendering as asked", type(exc).__name__, exc)
+            return {}
+        reason = self.degrade.reason(load)
+        if reason is None:
+            return {}
+        log.warning("jobs %s render at draft settings: %s", ", ".join(cheaper), reason)
+        return {job_id: Degraded(canon, reason) for job_id, canon in cheaper.items()}
+
+    def _groups(self, jobs: list[JobRecord], plan: Mapping[str, Degraded] | None = None) -> list[list[JobRecord]]:
+        """Compatible groups of at most ``phase_batch`` (by the settings each job renders with)."""
+        plan = plan or {}
         by_key: dict[Any, list[JobRecord]] = {}
         alone: list[list[JobRecord]] = []
         for job in jobs:
             if job.attempts > 1:
                 alone.append([job])
             else:
-                by_key.setdefault(compatibility_key(job.params), []).append(job)
+                params = plan[job.id].canon if job.id in plan else job.params
+                by_key.setdefault(compatibility_key(params), []).append(job)
         size = max(1, self.phase_batch)
         return [group[i : i + size] for group in by_key.values() for i in range(0, len(group), size)] + alone
 
-    def _render_group(self, jobs: list[JobRecord], beat: Heartbeat) -> list[Outcome]:
+    def _render_group(self, jobs: list[JobRecord], beat: Heartbeat, plan: Mapping[str, Degraded]) -> list[Outcome]:
         """One compatible group through the named steps.
 
         :meth:`load_model` -> :meth:`answer_cache_hits` -> :meth:`render_batch` ->
         :meth:`store_and_record`.
         """
-        group = _Group(jobs, beat)
+        group = _Group(jobs, beat, degraded={j.id: plan[j.id] for j in jobs if j.id in plan})
         loaded = self.load_model(group)
         if loaded is not None:
             fingerprint, load_s = loaded
@@ -392,7 +439,7 @@ class JobRunner:
             return None
 
         try:
-            results = self.engine.render([dict(j.params) for j in todo], on_step=on_step)
+            results = self.engine.render([dict(group.canon(j)) for j in todo], on_step=on_step)
         except Exception as exc:
             for job in todo:
                 group.done(self.handle_error(job, exc))
@@ -407,7 +454,7 @@ class JobRunner:
                 group.done(self.handle_cancelled(job, lost_lease=job.id in group.beat.lost))
                 continue
             try:
-                group.done(self.handle_success(job, result, fingerprint, load_s))
+                group.done(self.handle_success(job, result, fingerprint, load_s, degraded_reason=group.reason(job)))
             except Exception as exc:
                 group.done(self.handle_error(job, exc))
 
@@ -441,7 +488,11 @@ class JobRunner:
         if found is None or found[0].id == job.id:
             return None
         original, output = found
-        check = self.store.check(output.uri, output.file_sha256, size_bytes=output.size_bytes)
+        try:
+            check = self.store.check(output.uri, output.file_sha256, size_bytes=output.size_bytes)
+        except TransientError as exc:  # the store cannot be reached: nothing concluded, nothing marked
+            log.warning("job %s: output %s not checked (%s); rendering", job.id, output.uri, exc)
+            return None
         mark = OutputMark(output.uri, "ok" if check.ok else check.state.value, output.file_sha256, check.detail,
                           check.actual_sha256, check.size_bytes)
         try:
@@ -472,15 +523,26 @@ class JobRunner:
         return self._env
 
     def handle_success(
-        self, job: JobRecord, result: RenderedJob, weights_fingerprint: str, load_s: float
+        self, job: JobRecord, result: RenderedJob, weights_fingerprint: str, load_s: float, *,
+        degraded_reason: str | None = None,
     ) -> Outcome:
-        """Store the render's output and record the success (with the timings and fingerprints)."""
+        """Store the render's output and record the success (with the timings and fingerprints).
+
+        ``degraded_reason``: it rendered degraded under load; a render the engine degraded after
+        running out of memory is recorded degraded too (neither answers another job).
+        """
         effective = result.effective_params
+        if result.degraded:
+            oom = (f"out of memory: re-rendered at {effective.get('width')}x{effective.get('height')}, "
+                   f"{effective.get('num_frames')} frames")
+            degraded_reason = oom if degraded_reason is None else f"{degraded_reason}; {oom}"
         frames = result.frames
         assert frames is not None
         fps, output_format = int(effective["fps"]), str(effective["output_format"])
+        # Returns once every file is in the store (an s3 store: uploaded and confirmed), so a job is
+        # never recorded succeeded without its output. Durable: a finished render outlives a store outage.
         stored = self.retry(f"storing the output of job {job.id}",
-                            lambda: self.store.put_render(frames, fps, job.job_key, output_format))
+                            lambda: self.store.put_render(frames, fps, job.job_key, output_format), durable=True)
         timings = {
             "load_s": round(load_s, 6),
             "render_s": round(float(result.stats.get("seconds", 0.0)), 6),
@@ -503,6 +565,7 @@ class JobRunner:
                 timings=timings,
                 worker_host=self.worker_host,
                 size_bytes=stored.size_bytes,
+                degraded_reason=degraded_reason,
             ), durable=True)
         except IllegalTransition:
             # Cancelled, or our lease expired and the job moved on: the output stays in the store
@@ -579,12 +642,12 @@ def build_runner(settings: Settings, ledger: Ledger, *, owner: str, device: str,
     Imports torch (the engine).
     """
     from farm.engine.render import Engine
-    from farm.store.writer import OutputWriter
+    from farm.store.writer import open_writer
 
     return JobRunner(
         ledger=ledger,
         engine=Engine.from_settings(settings),
-        store=OutputWriter(settings.outputs_path),
+        store=open_writer(settings),
         worker_host=owner,
         worker_device=device,
         lease_s=settings.lease_s,
@@ -592,4 +655,5 @@ def build_runner(settings: Settings, ledger: Ledger, *, owner: str, device: str,
         phase_batch=settings.phase_batch,
         retry=retry,
         before_render=before_render,
+        degrade=DegradePolicy.from_settings(settings),
     )

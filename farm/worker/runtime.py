@@ -79,6 +79,12 @@ class WorkerConfig:
     queues: tuple[str, ...]
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     pid: int = field(default_factory=os.getpid)
+    #: The models it serves (their weights verified at start): the routes of ``queues``.
+    models: tuple[str, ...] | None = None
+    #: Free-form tags it declares (``h200``, ``4090``).
+    tags: tuple[str, ...] = ()
+    #: Total memory of its device in MiB (None: unknown).
+    device_memory_mb: int | None = None
 
     @property
     def owner(self) -> str:
@@ -288,6 +294,8 @@ class WorkerRuntime:
 
     def _seen(self) -> None:
         detail: dict[str, Any] = {"queues": list(self.config.queues), "owner": self.config.owner}
+        if self.config.device_memory_mb is not None:
+            detail["device_memory_mb"] = self.config.device_memory_mb
         if self.circuit_reason:
             detail["circuit_reason"] = self.circuit_reason
         try:
@@ -295,6 +303,7 @@ class WorkerRuntime:
                 self.config.hostname, host=socket.gethostname(), device=self.config.device, pid=self.config.pid,
                 state=self.state, consecutive_failures=self.consecutive_failures,
                 jobs_succeeded=self.jobs_succeeded, jobs_failed=self.jobs_failed, detail=detail,
+                models=self.config.models, tags=self.config.tags,
             )
         except TransientError:
             raise

@@ -46,7 +46,7 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == ["0005", "0004", "0003", "0002", "0001"]
     assert all(not r.is_merge_point for r in revisions)
     assert db.MIGRATIONS_DIR.is_dir() and (db.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -214,7 +214,7 @@ def test_upgrade_to_0004_counts_existing_batches_as_sent(empty_engine: Engine) -
     with empty_engine.begin() as conn:
         conn.execute(batches.insert().values(id="b1", manifest_digest="d" * 64, name="old", source_name="old.yaml",
                                              created_at=at, job_count=7))
-    db.upgrade(empty_engine)
+    db.upgrade(empty_engine, "0004")
     assert db.current_revision(empty_engine) == "0004"
     batches = Table("batches", MetaData(), autoload_with=empty_engine)
     with empty_engine.begin() as conn:
@@ -222,6 +222,29 @@ def test_upgrade_to_0004_counts_existing_batches_as_sent(empty_engine: Engine) -
         conn.execute(batches.insert().values(id="b2", manifest_digest="e" * 64, name="new", source_name="n.yaml",
                                              created_at=at, job_count=3))
         assert conn.execute(select(batches.c.sent_through).where(batches.c.id == "b2")).scalar_one() == -1
+    db.upgrade(empty_engine)
     assert _diff(empty_engine, metadata) == []
     db.downgrade(empty_engine, "0003")
     assert "sent_through" not in {c["name"] for c in inspect(empty_engine).get_columns("batches")}
+
+
+def test_upgrade_to_0005_adds_routing_and_degradation_columns(empty_engine: Engine) -> None:
+    """Existing workers serve every model (models NULL); existing jobs render as asked (allow_degrade false)."""
+    db.upgrade(empty_engine, "0004")
+    workers = Table("workers", MetaData(), autoload_with=empty_engine)
+    at = datetime(2025, 5, 1, tzinfo=UTC)
+    with empty_engine.begin() as conn:
+        conn.execute(workers.insert().values(name="old@h", host="h", device="cuda:0", pid=1, state="idle",
+                                             started_at=at, last_seen_at=at))
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == "0005"
+    assert _diff(empty_engine, metadata) == []
+    workers = Table("workers", MetaData(), autoload_with=empty_engine)
+    with empty_engine.begin() as conn:
+        row = conn.execute(select(workers.c.models, workers.c.tags)).one()
+    assert (row.models, row.tags) == (None, None)
+    jobs_columns = {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
+    assert {"allow_degrade", "degraded_reason"} <= jobs_columns
+    db.downgrade(empty_engine, "0004")
+    assert not {"allow_degrade", "degraded_reason"} & {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
+    assert "models" not in {c["name"] for c in inspect(empty_engine).get_columns("workers")}

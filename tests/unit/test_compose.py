@@ -173,6 +173,32 @@ def test_secret_files_are_git_ignored(compose: dict[str, Any]) -> None:
         assert example.is_file(), f"no example for {path}"
 
 
+def test_minio_is_the_output_store(compose: dict[str, Any]) -> None:
+    """MinIO (a pinned release, with a healthcheck) holds the outputs; every farm process is pointed at it."""
+    all_services = services(compose)
+    minio = all_services["minio"]
+    image = minio["image"]
+    assert image.rpartition(":")[2].startswith("RELEASE."), f"MinIO's image is not pinned to a release: {image}"
+    assert minio["healthcheck"]["test"] and "ops/secrets/minio.env" in minio["env_file"]
+    setup = all_services["minio-setup"]
+    assert setup["image"] == image and setup["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(command_words(setup))
+    # the keys reach the shell from the env files ($$: compose's escape for $), never inline
+    assert "mc mb" in script and '"$$FARM_S3_SECRET_ACCESS_KEY"' in script
+    for name, words in farm_commands(compose).items():
+        env = environment(all_services[name])
+        settings = Settings(**{k.removeprefix("FARM_").lower(): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v)
+                               for k, v in env.items() if k.startswith("FARM_") and v is not None})
+        assert settings.output_store_kind == "s3", name
+        assert env["FARM_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert "ops/secrets/s3.env" in all_services[name]["env_file"], name
+        if name != "migrate":
+            assert "minio-setup" in all_services[name].get("depends_on", {}) or name == "flower", name
+    assert environment(all_services["api"])["FARM_S3_PUBLIC_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    example = (SECRET_EXAMPLES / "s3.env").read_text()
+    assert "FARM_S3_ACCESS_KEY_ID=" in example and "FARM_S3_SECRET_ACCESS_KEY=CHANGE-ME" in example
+
+
 def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
     for name, service in services(compose).items():
         for port in service.get("ports") or []:

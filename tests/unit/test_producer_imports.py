@@ -25,10 +25,12 @@ PRODUCER_MODULES += [
     "farm.store",
     "farm.store.layout",
     "farm.store.files",
+    "farm.store.backend",
+    "farm.store.s3",
     *(f"farm.cli.{name}" for name in ("submit", "batch", "status", "results", "library", "audit")),
 ]
-#: Modules producers never import (they send by task name).
-NEVER = ("farm.engine", "farm.worker.task", "farm.store.encode")
+#: Modules producers never import (they send by task name); the S3 client only on first use of an s3 store.
+NEVER = ("farm.engine", "farm.worker.task", "farm.store.encode", "farm.store.writer", "obstore")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "day.yaml"
 
 _CHILD = """

@@ -16,26 +16,51 @@ import pytest
 from farm_harness import FARM, FarmEnv, RedisServer, free_port
 
 from farm.errors import BrokerUnavailable, InvalidInput, LedgerUnavailable, SpecError
+from farm.kinds import route_of, route_parts
 from farm.ledger import JobRecord
+from farm.profiles import PROFILES
 from farm.queue.app import make_app, restore_interval
 from farm.queue.enqueue import enqueue_jobs, retrying
-from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_RENDER, parse_queues, queue_for
+from farm.queue.names import (
+    QUEUE_BATCH,
+    QUEUE_INTERACTIVE,
+    TASK_RENDER,
+    all_queues,
+    parse_queues,
+    queue_for,
+    queues_for,
+    route_of_queue,
+)
 from farm.settings import Settings
 from farm.worker.faults import InjectedFailure, apply_faults, parse_fault
 from farm.worker.main import DevicePlan, device_plan, node_name
 from farm.worker.task import job_id_from_args
 
+#: The queue of the tiny model's batch jobs (the harness's default model).
+TINY_BATCH = queue_for("batch.tiny")
+
 
 def test_names_and_routing() -> None:
+    """One queue per route: the job's class and its model."""
     assert TASK_RENDER == "farm.render"
-    assert queue_for("interactive") == QUEUE_INTERACTIVE == "farm.interactive"
-    assert queue_for("batch") == QUEUE_BATCH == "farm.batch"
-    with pytest.raises(ValueError, match="priority"):
-        queue_for("urgent")
-    assert parse_queues("interactive,batch") == [QUEUE_INTERACTIVE, QUEUE_BATCH]
-    assert parse_queues("farm.batch, interactive") == [QUEUE_BATCH, QUEUE_INTERACTIVE]
+    assert route_of("interactive", "wan2.2-t2v-a14b") == "interactive.wan2.2-t2v-a14b"
+    assert route_parts("interactive.wan2.2-t2v-a14b") == ("interactive", "wan2.2-t2v-a14b")
+    assert queue_for("interactive.tiny") == f"{QUEUE_INTERACTIVE}.tiny" == "farm.interactive.tiny"
+    assert queue_for("batch.wan2.2-ti2v-5b") == f"{QUEUE_BATCH}.wan2.2-ti2v-5b"
+    assert route_of_queue("farm.batch.wan2.2-ti2v-5b") == "batch.wan2.2-ti2v-5b"
+    for bad in ("urgent.tiny", "interactive", "batch.", "tiny"):
+        with pytest.raises(ValueError, match="route"):
+            queue_for(bad)
+    with pytest.raises(ValueError):
+        route_of_queue("celery")
+    assert parse_queues("interactive,batch") == ["interactive", "batch"]
+    assert parse_queues("farm.batch, interactive") == ["batch", "interactive"]
     with pytest.raises(ValueError, match="unknown queue"):
         parse_queues("celery")
+    # a worker's queues: class by class (interactive first), each model it serves
+    assert queues_for(["interactive", "batch"], ["tiny", "tiny-dense"]) == [
+        "farm.interactive.tiny", "farm.interactive.tiny-dense", "farm.batch.tiny", "farm.batch.tiny-dense"]
+    assert len(all_queues()) == 2 * len(PROFILES)
 
 
 def test_app_is_json_only_late_ack_and_sets_visibility_everywhere(tmp_path: Path) -> None:
@@ -52,7 +77,8 @@ def test_app_is_json_only_late_ack_and_sets_visibility_everywhere(tmp_path: Path
     # kombu's sweep for abandoned messages follows the timeout (default: every 100 s).
     assert conf.broker_transport_options["unacked_restore_interval"] == 1
     assert conf.broker_transport_options["unacked_restore_throttle"] == 1
-    assert {q.name for q in conf.task_queues} == {QUEUE_INTERACTIVE, QUEUE_BATCH}
+    assert {q.name for q in conf.task_queues} == set(all_queues())
+    assert conf.task_default_queue == "farm.batch.tiny"
     assert conf.broker_connection_max_retries is None
     assert restore_interval(7200) == 30 and restore_interval(3) == 1 and restore_interval(60) == 15
 
@@ -203,12 +229,12 @@ def test_enqueue_sends_then_marks(farm_env: FarmEnv, redis_server: RedisServer) 
     ids = farm_env.submit(farm_env.new_jobs(3), send=False)
     [inter] = farm_env.submit(farm_env.new_jobs(1, priority="interactive", seed0=9), send=False)
     pending = farm_env.ledger.jobs_to_enqueue(job_ids=[*ids, inter])
-    assert pending[0] == (inter, "interactive")  # interactive first
+    assert pending[0] == (inter, "interactive.tiny")  # interactive first; the route names the model
     settings = farm_env.settings()
     assert enqueue_jobs(farm_env.ledger, pending, app=make_app(settings), settings=settings) == 4
     r = redis_server.client()
-    assert r.llen(QUEUE_BATCH) == 3 and r.llen(QUEUE_INTERACTIVE) == 1
-    message = json.loads(r.lindex(QUEUE_INTERACTIVE, 0))
+    assert r.llen("farm.batch.tiny") == 3 and r.llen("farm.interactive.tiny") == 1
+    message = json.loads(r.lindex("farm.interactive.tiny", 0))
     assert message["headers"]["task"] == TASK_RENDER and message["content-type"] == "application/json"
     assert json.loads(__import__("base64").b64decode(message["body"]))[0] == [inter]
     assert all(j.enqueued_at is not None for j in farm_env.jobs([*ids, inter]))
@@ -240,7 +266,7 @@ def test_farm_reap_requeues_expired_leases_and_sends_lost_messages(
     report = json.loads(proc.stdout)
     assert report["expired"] == [expired] and sorted(report["enqueued"]) == sorted([expired, unsent])
     assert report["error"] is None
-    assert redis_server.client().llen(QUEUE_BATCH) == 2
+    assert redis_server.client().llen(TINY_BATCH) == 2
     job = farm_env.ledger.get_job(expired)
     assert job.status.value == "queued" and job.enqueued_at is not None
     again = subprocess.run([FARM, "reap", "--json"], env=farm_env.env(), capture_output=True, text=True, timeout=120)
@@ -264,7 +290,7 @@ def test_periodic_reaper_defers_unsent_jobs_one_pass(farm_env: FarmEnv, redis_se
     assert first.expired == [expired] and first.enqueued == [expired] and first.deferred == [unsent]
     second = reap(farm_env.ledger, settings, app=app, previous=first.deferred)
     assert second.enqueued == [unsent] and second.deferred == []
-    assert redis_server.client().llen(QUEUE_BATCH) == 2
+    assert redis_server.client().llen(TINY_BATCH) == 2
 
 
 def test_worker_command_usage_errors() -> None:

@@ -18,7 +18,10 @@ from farm_harness import FARM, FarmEnv, RedisServer, assert_exactly_once, claime
 from kombu import Connection
 
 from farm.queue.app import make_app
-from farm.queue.names import QUEUE_BATCH, TASK_RENDER
+from farm.queue.names import TASK_RENDER, queue_for
+
+#: The queue of the tiny model's batch jobs (the harness's default model).
+TINY_BATCH = queue_for("batch.tiny")
 
 
 def test_sixty_job_batch_two_workers_phase_batched(farm_env: FarmEnv) -> None:
@@ -98,7 +101,7 @@ def test_pickled_and_malformed_messages_are_refused(farm_env: FarmEnv, tmp_path:
     with Connection(farm_env.broker_url) as conn:
         producer = conn.Producer(serializer="pickle")
         producer.publish(
-            body, exchange="", routing_key=QUEUE_BATCH, serializer="pickle",
+            body, exchange="", routing_key=TINY_BATCH, serializer="pickle",
             headers={"lang": "py", "task": TASK_RENDER, "id": task_id, "root_id": task_id, "parent_id": None,
                      "group": None, "retries": 0, "eta": None, "expires": None, "timelimit": [None, None],
                      "argsrepr": repr((victim,)), "kwargsrepr": "{}", "origin": "attacker"},
@@ -107,7 +110,7 @@ def test_pickled_and_malformed_messages_are_refused(farm_env: FarmEnv, tmp_path:
     wait_until(lambda: "Refusing to deserialize untrusted content of type pickle" in worker.text(), 60,
                what="the worker to refuse the pickled message")
     app = make_app(farm_env.settings())
-    app.send_task(TASK_RENDER, args=["../../etc/passwd"], queue=QUEUE_BATCH)
+    app.send_task(TASK_RENDER, args=["../../etc/passwd"], queue=TINY_BATCH)
     wait_until(lambda: "refused: farm.render takes one job id" in worker.text(), 60,
                what="the worker to reject a malformed message")
     later = farm_env.submit(farm_env.new_jobs(2, prefix="after the attack", seed0=10))
@@ -178,7 +181,7 @@ def test_sigterm_finishes_the_render_or_hands_it_back(farm_env: FarmEnv, redis_s
     assert job.status.value == "queued" and job.attempts == 0, job
     assert kinds[-1] == "released", kinds
     assert job.enqueued_at is not None  # sent again before the worker exited
-    assert redis_server.client().llen(QUEUE_BATCH) >= 1
+    assert redis_server.client().llen(TINY_BATCH) >= 1
     print(f"\n[numbers] SIGTERM: short render finished and recorded; long render handed back {took:.1f} s "
           "after SIGTERM (stop timeout 5 s)")
 
@@ -204,5 +207,5 @@ def test_gpu_worker_pinned_to_a_missing_gpu_stops_consuming(farm_env: FarmEnv, r
     assert "CUDA" in str((getattr(record, "detail") or {}).get("circuit_reason"))
     job = farm_env.ledger.get_job(job_id)
     assert job.status.value == "queued" and claimed_count(farm_env, job_id) == 0
-    wait_until(lambda: redis_server.client().llen(QUEUE_BATCH) == 1, 30, what="the message back in its queue")
+    wait_until(lambda: redis_server.client().llen(TINY_BATCH) == 1, 30, what="the message back in its queue")
     assert worker.alive()

@@ -265,7 +265,7 @@ def test_broker_down_the_job_is_accepted_and_left_for_the_reaper(
     with Ledger(pg_url) as ledger:
         job = ledger.get_job(job_id)
         assert job.status is JobStatus.QUEUED and job.enqueued_at is None
-        assert ledger.jobs_to_enqueue(job_ids=[job_id]) == [(job_id, "interactive")]
+        assert ledger.jobs_to_enqueue(job_ids=[job_id]) == [(job_id, "interactive.tiny")]
 
 
 def test_a_request_without_a_model_gets_the_farm_default(api_settings: Any) -> None:

@@ -72,8 +72,9 @@ def test_metrics_from_the_ledger_and_the_broker(http: TestClient, ledger: Ledger
     assert value(m, "farm_jobs_finished_total", status="succeeded", priority="interactive") == 3
     assert value(m, "farm_jobs_finished_total", status="failed", priority="interactive") == 1
     # the messages of the claimed jobs are still in the lists: a list's length is what Redis holds
-    assert value(m, "farm_queue_depth", queue="farm.interactive") == 5
-    assert value(m, "farm_queue_depth", queue="farm.batch") == 1
+    assert value(m, "farm_queue_depth", queue="farm.interactive.tiny", priority="interactive", model="tiny") == 5
+    assert value(m, "farm_queue_depth", queue="farm.batch.tiny", priority="batch", model="tiny") == 1
+    assert value(m, "farm_queue_depth", queue="farm.batch.tiny-dense", priority="batch", model="tiny-dense") == 0
     assert value(m, "farm_broker_unacked_messages") == 0
     assert value(m, "farm_oldest_queued_job_age_seconds", priority="interactive") > 0
     assert value(m, "farm_workers", state="circuit_open") == 1

@@ -168,7 +168,7 @@ def test_create_batch_applies_dedup(ledger, make_job) -> None:
     assert (hit.status, hit.cache_of_job_id, hit.batch_index) == (S, original_id, 0)
     assert (leader.status, leader.cache_of_job_id, leader.batch_index) == (Q, None, 1)
     assert (follower.status, follower.cache_of_job_id, follower.batch_index) == (Q, leader.id, 2)
-    assert ledger.jobs_to_enqueue(batch_id=batch_id) == [(leader.id, "batch")]
+    assert ledger.jobs_to_enqueue(batch_id=batch_id) == [(leader.id, "batch.tiny")]
     assert ledger.batch_counts(batch_id)[S] == 1
 
 

@@ -169,7 +169,7 @@ def test_release_hands_a_running_job_back_uncounted(ledger, make_job) -> None:
     assert (last.kind, last.from_status, last.to_status, last.worker) == ("released", R, Q, "w1")
     assert last.detail == {"reason": "SIGTERM"}
     assert ledger.release(job_id, worker_host="w1", reason="again") is None  # not running
-    assert (job_id, "batch") in ledger.jobs_to_enqueue()
+    assert (job_id, "batch.tiny") in ledger.jobs_to_enqueue()
     with pytest.raises(JobNotFound):
         ledger.release("nope", worker_host="w1", reason="x")
 
@@ -199,7 +199,8 @@ def test_jobs_to_enqueue_order_filters_and_marking(ledger, make_job, clock) -> N
     ledger.add_jobs([single, urgent, follower, running])
     claim(ledger, running.id)
 
-    expected = [(urgent.id, "interactive"), (batch[1].id, "batch"), (batch[0].id, "batch"), (single.id, "batch")]
+    expected = [(urgent.id, "interactive.tiny"), (batch[1].id, "batch.tiny"), (batch[0].id, "batch.tiny"),
+                (single.id, "batch.tiny")]
     assert ledger.jobs_to_enqueue() == expected
     assert ledger.jobs_to_enqueue(limit=2) == expected[:2]
     assert ledger.jobs_to_enqueue(batch_id=batch_id) == expected[1:3]
@@ -223,7 +224,7 @@ def test_retries_are_to_be_enqueued_again(ledger, make_job) -> None:
     claim(ledger, job_id)
     ledger.record_failure(job_id, error_type="Oom", error_message="x", retry=True)
     assert ledger.get_job(job_id).enqueued_at is None
-    assert ledger.jobs_to_enqueue() == [(job_id, "batch")]
+    assert ledger.jobs_to_enqueue() == [(job_id, "batch.tiny")]
 
 
 # -- listings ------------------------------------------------------------------------------------

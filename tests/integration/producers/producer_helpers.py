@@ -17,11 +17,17 @@ import api_helpers
 from private_redis import PrivateRedis, decode_job_id
 
 from farm.ledger import Ledger
-from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE
+from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE, all_queues
 from farm.settings import Settings
 
 FARM = str(Path(sys.executable).with_name("farm"))
+#: The two classes (queue-name prefixes); each holds one queue per model (``farm.batch.tiny``).
 QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH)
+
+
+def queues_of(name: str) -> list[str]:
+    """The queues a class prefix (``farm.batch``) stands for, or the one queue named."""
+    return [q for q in all_queues() if q.startswith(name + ".")] if name in QUEUES else [name]
 class Broker:
     """The test's view of the private Redis."""
 
@@ -30,17 +36,18 @@ class Broker:
         self.redis = server.client
 
     def clear(self) -> None:
-        self.redis.delete(*QUEUES)
+        self.redis.delete(*all_queues())
 
     def lengths(self) -> dict[str, int]:
-        return {q: int(self.redis.llen(q)) for q in QUEUES}
+        """Messages waiting per class (over every model's queue of the class)."""
+        return {c: sum(int(self.redis.llen(q)) for q in queues_of(c)) for c in QUEUES}
 
     def total(self) -> int:
         return sum(self.lengths().values())
 
     def job_ids(self, queue: str) -> list[str]:
-        """Waiting messages' job ids, oldest first (kombu LPUSHes and consumers BRPOP)."""
-        return [decode_job_id(raw) for raw in reversed(self.redis.lrange(queue, 0, -1))]
+        """Waiting messages' job ids of a queue or a class, oldest first per queue (kombu LPUSHes, consumers BRPOP)."""
+        return [decode_job_id(raw) for q in queues_of(queue) for raw in reversed(self.redis.lrange(q, 0, -1))]
 
     def all_job_ids(self) -> list[str]:
         return [j for q in QUEUES for j in self.job_ids(q)]
@@ -48,7 +55,7 @@ class Broker:
     def take(self) -> list[str]:
         """Pop every waiting message (interactive first), as workers would."""
         out: list[str] = []
-        for queue in QUEUES:
+        for queue in (q for c in QUEUES for q in queues_of(c)):
             while (raw := self.redis.rpop(queue)) is not None:
                 out.append(decode_job_id(raw))
         return out

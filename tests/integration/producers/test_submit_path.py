@@ -69,7 +69,7 @@ def test_an_unsent_message_is_unmarked_for_the_reaper(ledger: Ledger, settings: 
         sub = client.submit_detailed("a kite over dunes", seed=3)
     assert sub.not_sent == 1 and sub.enqueued == 0
     assert ledger.get_job(sub.job_ids[0]).enqueued_at is None  # the reaper's "never sent"
-    assert ledger.jobs_to_enqueue() == [(sub.job_ids[0], "interactive")]
+    assert ledger.jobs_to_enqueue() == [(sub.job_ids[0], "interactive.tiny")]
 
 
 def test_the_reaper_resends_a_message_lost_between_commit_and_send(
@@ -85,7 +85,7 @@ def test_the_reaper_resends_a_message_lost_between_commit_and_send(
     [job_id] = admitted.job_ids
     quick = Settings(**{**settings.model_dump(), "lost_message_grace_s": 0.2})
     time.sleep(0.3)
-    broker.redis.lpush("farm.batch", b"another message, still waiting")
+    broker.redis.lpush("farm.batch.tiny", b"another message, still waiting")
     assert reap(ledger, quick).enqueued == []  # the queue is not empty: the job may be behind it
     broker.clear()
     report = reap(ledger, quick)

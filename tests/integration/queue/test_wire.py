@@ -17,12 +17,17 @@ from private_redis import PrivateRedis
 
 from farm.queue import wire
 from farm.queue.app import make_app
-from farm.queue.names import QUEUE_BATCH, QUEUE_INTERACTIVE, TASK_RENDER
+from farm.queue.names import TASK_RENDER, queue_for
 from farm.settings import Settings
 
 #: Fields that are fresh for every message (ids).
 PER_MESSAGE_HEADERS = {"id", "root_id"}
 PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag"}
+
+
+TINY_BATCH = queue_for("batch.tiny")
+TINY_INTERACTIVE = queue_for("interactive.tiny")
+DENSE_BATCH = queue_for("batch.tiny-dense")
 
 
 @pytest.fixture
@@ -42,13 +47,13 @@ def test_a_wire_message_equals_celerys_own(server: PrivateRedis, tmp_path: Path)
     app = make_app(Settings(broker_url=server.url, data_dir=tmp_path))
     job_id = str(uuid.uuid4())
     with app.connection_for_write(transport_options={"retry_on_timeout": False}) as conn:
-        app.send_task(TASK_RENDER, args=[job_id], queue=QUEUE_BATCH, producer=app.amqp.Producer(conn),
+        app.send_task(TASK_RENDER, args=[job_id], queue=TINY_BATCH, producer=app.amqp.Producer(conn),
                       ignore_result=True, retry=False)
-    [celerys] = server.client.lrange(QUEUE_BATCH, 0, -1)
-    server.client.delete(QUEUE_BATCH)
+    [celerys] = server.client.lrange(TINY_BATCH, 0, -1)
+    server.client.delete(TINY_BATCH)
     client = wire.client_for(server.url, connect_timeout_s=2, socket_timeout_s=5)
-    wire.publish(app, client, [(job_id, "batch")])
-    [ours] = server.client.lrange(QUEUE_BATCH, 0, -1)
+    wire.publish(app, client, [(job_id, "batch.tiny")])
+    [ours] = server.client.lrange(TINY_BATCH, 0, -1)
     a, b = decoded(celerys), decoded(ours)
     assert a["body"] == b["body"] == [[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None,
                                                      "chord": None}]
@@ -61,17 +66,20 @@ def test_a_wire_message_equals_celerys_own(server: PrivateRedis, tmp_path: Path)
     assert b["headers"]["id"] != b["properties"]["delivery_tag"]
 
 
-def test_publish_goes_to_the_priority_queue_in_order(server: PrivateRedis, tmp_path: Path) -> None:
+def test_publish_goes_to_the_route_queue_in_order(server: PrivateRedis, tmp_path: Path) -> None:
+    """Each message lands in its route's queue (class and model), in publish order."""
     app = make_app(Settings(broker_url=server.url, data_dir=tmp_path))
     client = wire.client_for(server.url, connect_timeout_s=2, socket_timeout_s=5)
-    jobs = [(str(uuid.uuid4()), "batch" if i % 3 else "interactive") for i in range(2 * wire.PIPELINE_SIZE + 5)]
+    routes = ("batch.tiny", "interactive.tiny", "batch.tiny-dense")
+    jobs = [(str(uuid.uuid4()), routes[i % 3]) for i in range(2 * wire.PIPELINE_SIZE + 5)]
     wire.publish(app, client, jobs)
-    lengths = wire.queue_lengths(client, [QUEUE_INTERACTIVE, QUEUE_BATCH])
-    assert lengths == {QUEUE_INTERACTIVE: sum(p == "interactive" for _, p in jobs),
-                       QUEUE_BATCH: sum(p == "batch" for _, p in jobs)}
+    lengths = wire.queue_lengths(client, [TINY_INTERACTIVE, TINY_BATCH, DENSE_BATCH])
+    assert lengths == {queue_for(r): sum(route == r for _, route in jobs) for r in routes}
     # consumers pop from the right end: the first published comes out first
-    first_batch = next(j for j, p in jobs if p == "batch")
-    assert decoded(server.client.rpop(QUEUE_BATCH))["body"][0] == [first_batch]
+    for route in routes:
+        first = next(j for j, r in jobs if r == route)
+        assert decoded(server.client.rpop(queue_for(route)))["body"][0] == [first]
+    assert decoded(server.client.rpop(DENSE_BATCH))["properties"]["delivery_info"]["routing_key"] == DENSE_BATCH
 
 
 def test_a_dead_broker_fails_fast(tmp_path: Path) -> None:
@@ -90,5 +98,5 @@ def test_a_dead_broker_fails_fast(tmp_path: Path) -> None:
     client = wire.client_for(url, connect_timeout_s=2, socket_timeout_s=5)
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError):
-        wire.publish(app, client, [(str(uuid.uuid4()), "batch")])
+        wire.publish(app, client, [(str(uuid.uuid4()), "batch.tiny")])
     assert time.monotonic() - started < 1.0
