@@ -53,7 +53,9 @@ def bare_publish(broker_url: str, n: int, *, events: bool) -> float:
     import redis
 
     from farm.queue.app import make_app
-    from farm.queue.names import QUEUE_BATCH, TASK_RENDER
+    from farm.queue.names import TASK_RENDER, queue_for
+
+    queue = queue_for("batch.tiny")  # the route of the manifest's jobs: the tiny model's batch queue
     from farm.settings import Settings
 
     app = make_app(Settings(broker_url=broker_url, data_dir=Path(tempfile.mkdtemp())))
@@ -65,12 +67,12 @@ def bare_publish(broker_url: str, n: int, *, events: bool) -> float:
         for start in range(0, n, 500):
             with producer.batch(max_size=1001):
                 for job_id in ids[start : start + 500]:
-                    app.send_task(TASK_RENDER, args=[job_id], queue=QUEUE_BATCH, producer=producer,
+                    app.send_task(TASK_RENDER, args=[job_id], queue=queue, producer=producer,
                                   ignore_result=True, retry=False)
     seconds = time.perf_counter() - started
     client = redis.Redis.from_url(broker_url)
-    assert client.llen(QUEUE_BATCH) == n
-    client.delete(QUEUE_BATCH)
+    assert client.llen(queue) == n
+    client.delete(queue)
     return seconds
 
 
@@ -87,7 +89,7 @@ def main() -> int:
     from farm.ledger import Ledger, NewJob
     from farm.manifest import expand, load_manifest
     from farm.queue.enqueue import send_jobs
-    from farm.queue.names import QUEUE_BATCH
+    from farm.queue.names import queue_for
     from farm.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="farm-bulk-"))
@@ -110,7 +112,7 @@ def main() -> int:
         assert n == jobs and sub.enqueued == n, sub
         import redis
 
-        assert redis.Redis.from_url(f"{broker}/0").llen(QUEUE_BATCH) == n + 10
+        assert redis.Redis.from_url(f"{broker}/0").llen(queue_for("batch.tiny")) == n + 10
 
         # the same stages one by one (a second database, another Redis db)
         started = time.perf_counter()

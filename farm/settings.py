@@ -39,7 +39,8 @@ DEFAULT_PHASE_BATCH = 4
 #: environment fingerprint.
 DEFAULT_TORCH_THREADS = 1
 #: A worker whose row was not written for this many heartbeats (FARM_HEARTBEAT_S) is gone: it
-#: serves nothing (routing reasons) and its name may be taken by a new process.
+#: serves nothing (routing reasons), counts for nothing in the farm's load (degradation), and its
+#: name may be taken by a new process.
 WORKER_STALE_HEARTBEATS = 3
 #: Seconds Redis waits before redelivering an unacknowledged message. Must stay above the
 #: longest render (A14B 720P: ~1,050 s on an H100); the ledger lease, not this, stops double renders.
@@ -67,9 +68,6 @@ DEFAULT_DEGRADE_WAIT_S: float | None = None
 #: Degradation under load (off unless set): the fraction, in (0, 1], of live workers busy at which
 #: jobs that allow it render at their profile's ``draft`` settings (FARM_DEGRADE_BUSY_FRACTION).
 DEFAULT_DEGRADE_BUSY_FRACTION: float | None = None
-#: A worker counts as live in the farm's load while it was seen within this many presence beats
-#: (``FARM_HEARTBEAT_S`` each).
-LIVE_WORKER_BEATS = 3
 #: Broker URL schemes farm works with (Celery on Redis; the embedded filesystem broker).
 BROKER_SCHEMES: tuple[str, ...] = ("redis", "rediss", "sentinel", "filesystem")
 #: Output store URL schemes (FARM_OUTPUT_URL): a directory (local or mounted), or an S3-compatible

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from farm.errors import IllegalTransition, RenderCancelled, TransientError, classify
 from farm.ledger import JobRecord, Ledger
 from farm.ledger.records import OutputMark
-from farm.settings import LIVE_WORKER_BEATS
+from farm.settings import WORKER_STALE_HEARTBEATS
 from farm.spec import compatibility_key
 from farm.worker.degrade import Degraded, DegradePolicy, degraded_canon
 
@@ -343,7 +343,7 @@ class JobRunner:
         if not cheaper:
             return {}
         try:
-            load = self.ledger.farm_load(live_within_s=LIVE_WORKER_BEATS * self.heartbeat_s)
+            load = self.ledger.farm_load(live_within_s=WORKER_STALE_HEARTBEATS * self.heartbeat_s)
         except Exception as exc:  # degradation is optional: never let it stop a render
             log.warning("the farm's load was not read (%s: %s): rendering as asked", type(exc).__name__, exc)
             return {}

@@ -119,7 +119,8 @@ def test_a_degraded_output_answers_no_other_job(ledger, make_job) -> None:
     third = make_job(seed=21)
     assert ledger.admit([third]).answered == {third.id: again.id}
     found = ledger.find_cache_original(third.job_key, WEIGHTS)
-    assert found is not None and found[0].id == again.id
+    # the render as asked, or the cache hit it answered (equal timestamps on SQLite): never the degraded one
+    assert found is not None and found[0].id in (again.id, third.id) and found[0].degraded_reason is None
 
 
 def test_followers_of_a_degraded_leader_render_themselves(ledger, make_job) -> None:
