@@ -68,6 +68,11 @@ DEFAULT_DEGRADE_WAIT_S: float | None = None
 #: Degradation under load (off unless set): the fraction, in (0, 1], of live workers busy at which
 #: jobs that allow it render at their profile's ``draft`` settings (FARM_DEGRADE_BUSY_FRACTION).
 DEFAULT_DEGRADE_BUSY_FRACTION: float | None = None
+#: Seconds the HTTP API tries to reach the broker before it answers 202 "recorded, not sent yet"
+#: (the reaper sends those jobs): a request answers within about this long plus the ledger write.
+DEFAULT_API_SEND_TIMEOUT_S = 1.0
+#: Seconds /readyz waits for each dependency (ledger, broker).
+DEFAULT_READY_TIMEOUT_S = 1.0
 #: Broker URL schemes farm works with (Celery on Redis; the embedded filesystem broker).
 BROKER_SCHEMES: tuple[str, ...] = ("redis", "rediss", "sentinel", "filesystem")
 #: Output store URL schemes (FARM_OUTPUT_URL): a directory (local or mounted), or an S3-compatible
@@ -144,6 +149,10 @@ class Settings(BaseSettings):
     degrade_busy_fraction: float | None = Field(
         default=DEFAULT_DEGRADE_BUSY_FRACTION, gt=0, le=1,
         description="Busy fraction of live workers at which jobs with allow_degrade render at draft settings.",
+    )
+    api_send_timeout_s: float = Field(
+        default=DEFAULT_API_SEND_TIMEOUT_S, gt=0, le=60,
+        description="Seconds the HTTP API tries the broker before answering 202 with the jobs recorded, not sent.",
     )
     worker_models: str | None = Field(
         default=None, description="Models a worker serves, comma-separated (default: every model whose weights "

@@ -25,6 +25,7 @@ from pathlib import Path
 import pg
 import psycopg
 import pytest
+from private_postgres import private_pg  # noqa: F401  (a fixture: a private Postgres cluster for fault tests)
 from private_redis import PrivateRedis
 
 from farm.ledger import db

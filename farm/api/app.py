@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(settings=None)``.
 
 * Auth: :class:`farm.api.auth.BearerAuthMiddleware` wraps the whole app — every path needs
-  ``Authorization: Bearer $FARM_API_TOKEN`` except ``/healthz`` (see :mod:`farm.api.auth` for the
+  ``Authorization: Bearer $FARM_API_TOKEN`` except ``/healthz`` and ``/readyz`` (see :mod:`farm.api.auth` for the
   start-up policy: no token → refuse, unless loopback + ``insecure_local``).
 * Errors: farm's exceptions become JSON answers ``{"error", "problems": [{field, rule, message}]}``:
   invalid input 422 (415 for a body that is neither JSON nor YAML), unknown job/batch 404, a job
@@ -114,7 +114,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "FARM_API_TOKEN"}
         }
         schema["security"] = [{"bearerAuth": []}]
-        schema["paths"].get("/healthz", {}).get("get", {})["security"] = []
+        for public in ("/healthz", "/readyz"):
+            schema["paths"].get(public, {}).get("get", {})["security"] = []
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -133,7 +134,8 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
         from farm.client import Client
         from farm.metrics import make_registry
 
-        app.state.client = Client(settings=settings)
+        # a request answers within about FARM_API_SEND_TIMEOUT_S when the broker is away (202, not sent)
+        app.state.client = Client(settings=settings.model_copy(update={"send_timeout_s": settings.api_send_timeout_s}))
         app.state.registry, collector = make_registry(settings)
         try:
             yield

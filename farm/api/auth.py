@@ -1,4 +1,4 @@
-"""Authentication of farm's HTTP API: one bearer token on every route but ``/healthz``.
+"""Authentication of farm's HTTP API: one bearer token on every route but ``/healthz`` and ``/readyz``.
 
 * The token is ``FARM_API_TOKEN`` (:attr:`farm.settings.Settings.api_token`, a secret: never
   logged, never echoed). It must be at least :data:`MIN_TOKEN_CHARS` characters.
@@ -26,7 +26,7 @@ from farm.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Paths served without a token (liveness only: no details).
-PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz"})
+PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 #: Shortest token accepted (a guessable token is as good as none).
 MIN_TOKEN_CHARS = 16
 #: Addresses ``--insecure-local`` may bind to.

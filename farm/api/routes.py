@@ -39,6 +39,8 @@ from farm.ledger import JobRecord, JobStatus
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Record fields never shown over HTTP (server paths: the download routes serve the files).
 HIDDEN_JOB_FIELDS = frozenset({"output_uri"})
+#: Seconds a load balancer is told to wait before asking /readyz again.
+READY_RETRY_AFTER_S = 5
 HIDDEN_RESULT_FIELDS = frozenset({"output", "output_uri"})
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -117,6 +119,26 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def readyz(client: ClientDep) -> JSONResponse:
+    """Readiness: 200 when the ledger and the broker both answer, else 503 naming which does not.
+
+    No token needed, no addresses or errors in the answer (they are logged). A load balancer takes
+    a replica out while it is not ready; with the broker down the API still accepts jobs (202).
+    """
+    checks = client.readiness()
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "not ready", **{k: "ok" if v else "unavailable" for k, v in checks.items()}}
+    headers = None if ready else {"Retry-After": str(READY_RETRY_AFTER_S)}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+def _created_status(created: bool, not_sent: int) -> int:
+    """201 created and sent, 202 recorded but not all sent yet (the reaper sends them), 200 a repeat."""
+    if not created:
+        return 200
+    return 202 if not_sent else 201
+
+
 def metrics(request: Request) -> Response:
     """The farm's Prometheus metrics, in the text exposition format."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
@@ -143,8 +165,8 @@ def submit_job(body: RenderRequest, request: Request, response: Response, client
         raise InvalidInput(problems)
     key = _key(idempotency_key)
     done = client.submit_detailed(body.prompt, idempotency_key=key, **body.client_kwargs(default_model))
-    response.status_code = 201 if done.created else 200
-    return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued)
+    response.status_code = _created_status(done.created, done.not_sent)
+    return JobsCreated(job_ids=done.job_ids, created=done.created, enqueued=done.enqueued, not_sent=done.not_sent)
 
 
 def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Problem]) -> list[Problem]:
@@ -236,9 +258,9 @@ async def submit_batch(request: Request, response: Response, client: ClientDep,
     _key(idempotency_key)
     manifest = bodies.manifest_from_body(await request.body(), request.headers.get("content-type"))
     done = await run_in_threadpool(client.submit_batch, manifest, no_cache=no_cache)
-    response.status_code = 201 if done.created else 200
+    response.status_code = _created_status(done.created, done.not_sent)
     return BatchCreated(batch_id=done.batch_id, job_count=done.job_count, created=done.created,
-                        enqueued=done.enqueued, name=done.name, digest=done.digest)
+                        enqueued=done.enqueued, not_sent=done.not_sent, name=done.name, digest=done.digest)
 
 
 def get_batch(batch_id: str, client: ClientDep) -> BatchView:
@@ -276,13 +298,18 @@ _CONFLICT = {409: {"model": ErrorBody, "description": "The job already finished.
 _MISSING = {409: {"model": ErrorBody, "description": "The stored file is missing."},
             307: {"description": "s3 output store: a presigned URL of the file (Location), valid for "
                                  "FARM_S3_PRESIGN_EXPIRY_S seconds."}}
-_REPEAT_JOBS = {200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."}}
-_REPEAT_BATCH = {200: {"model": BatchCreated, "description": "The same manifest was submitted before."},
+_NOT_SENT = {202: {"description": "Recorded, but the broker could not be reached in time: `not_sent` jobs are sent "
+                                  "by the reaper (nothing is lost)."}}
+_REPEAT_JOBS = {200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."},
+                **_NOT_SENT}
+_REPEAT_BATCH = {**_NOT_SENT, 200: {"model": BatchCreated, "description": "The same manifest was submitted before."},
                  415: {"model": ErrorBody, "description": "The body is neither JSON nor YAML."}}
 
 #: (method, path, endpoint, route options): every route of the API.
 ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
     ("GET", "/healthz", healthz, {"tags": ["ops"], "summary": "Liveness (no authentication, no details)"}),
+    ("GET", "/readyz", readyz, {"tags": ["ops"], "summary": "Readiness: ledger and broker answer (no authentication)",
+                                "response_class": JSONResponse, "responses": {503: {"description": "Not ready."}}}),
     ("GET", "/metrics", metrics, {"tags": ["ops"], "summary": "Prometheus metrics (bearer token required)",
                                   "response_class": Response, "responses": {401: ERRORS[401]}}),
     ("POST", "/v1/jobs", submit_job, {"tags": ["jobs"], "status_code": 201, "response_model": JobsCreated,

@@ -129,13 +129,16 @@ class RenderRequest(BaseModel):
 class JobsCreated(BaseModel):
     """Answer to ``POST /v1/jobs``.
 
-    201 when the jobs were created, 200 when an ``Idempotency-Key`` named jobs created earlier
-    (the same ids, nothing created or sent again).
+    201 when the jobs were created and sent, 202 when they were recorded but the broker could not
+    be reached in time (``not_sent``: the reaper sends them; nothing is lost), 200 when an
+    ``Idempotency-Key`` named jobs created earlier (the same ids, nothing created or sent again).
     """
 
     job_ids: list[str]
     created: bool
     enqueued: int = Field(description="Wake-up messages sent by this request (cache hits and followers get none).")
+    not_sent: int = Field(default=0, description="Jobs recorded whose message is not sent yet (the reaper sends "
+                          "them; answered with 202).")
 
 
 class BatchCreated(BaseModel):
@@ -145,6 +148,8 @@ class BatchCreated(BaseModel):
     job_count: int
     created: bool
     enqueued: int = Field(description="Messages sent by this request (only never-sent jobs on a repeat).")
+    not_sent: int = Field(default=0, description="Jobs recorded whose message is not sent yet (the reaper sends "
+                          "them; answered with 202).")
     name: str
     digest: str
 

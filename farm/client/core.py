@@ -42,7 +42,7 @@ from farm.errors import (
     IllegalTransition,
     InvalidInput,
 )
-from farm.settings import Settings, get_settings
+from farm.settings import DEFAULT_READY_TIMEOUT_S, Settings, get_settings
 from farm.spec import recorded_spec_version
 
 if TYPE_CHECKING:
@@ -410,6 +410,18 @@ class Client(ReadOps):
         if report.counts.get("queued", 0) == 0:
             return report
         return StatusReport(**{**report.__dict__, "waiting": self.waiting(any_id)})
+
+    def readiness(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> dict[str, bool]:
+        """Whether the ledger and the broker answer now: ``{"ledger": ..., "broker": ...}``."""
+        from farm.queue.enqueue import broker_reachable
+
+        try:
+            self.ledger.ping()
+            ledger_ok = True
+        except Exception as exc:  # any failure means "not ready"; the reason is logged, not shown
+            log.warning("ledger not reachable: %s: %s", type(exc).__name__, exc)
+            ledger_ok = False
+        return {"ledger": ledger_ok, "broker": broker_reachable(self._celery(), timeout_s)}
 
     def waiting(self, any_id: str | Sequence[str]) -> tuple[str, ...]:
         """Why the queued jobs of a job, a batch or several cannot start (empty: they wait their turn).

@@ -215,6 +215,11 @@ class LedgerReads(LedgerBase):
         with self._read() as conn:
             return [WorkerRecord.from_row(r) for r in conn.execute(select(workers).order_by(workers.c.name)).mappings()]
 
+    def ping(self) -> None:
+        """One round trip to the database (raises the driver's error when it does not answer)."""
+        with self._read() as conn:
+            conn.execute(select(1)).scalar_one()
+
     def queued_models(self, *, batch_id: str | None = None, job_ids: Sequence[str] | None = None) -> dict[str, int]:
         """How many jobs of each model are queued: of one batch, or among ``job_ids``."""
         query = select(jobs.c.model_name, func.count()).where(jobs.c.status == JobStatus.QUEUED.value)

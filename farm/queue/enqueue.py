@@ -211,6 +211,20 @@ def _sender(app: Celery, max_total_s: float | None) -> Callable[[Sequence[tuple[
     return send_kombu
 
 
+def broker_reachable(app: Celery, timeout_s: float) -> bool:
+    """Whether the broker answers within ``timeout_s`` (Redis: ``PING``; others: a connection)."""
+    url = str(app.conf.broker_url)
+    try:
+        if wire.supports(url):
+            return bool(wire.client_for(url, connect_timeout_s=timeout_s, socket_timeout_s=timeout_s).ping())
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        return True
+    except Exception as exc:  # any failure means "not reachable now"; the reason is logged, not shown
+        log.warning("broker %s not reachable: %s: %s", redacted_url(url), type(exc).__name__, exc)
+        return False
+
+
 def _drained(app: Celery) -> list[str]:
     """The routes whose queue holds no message right now (Redis brokers; unknown: none)."""
     url = str(app.conf.broker_url)

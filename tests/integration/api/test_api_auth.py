@@ -62,14 +62,16 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
 
 
-def test_every_route_but_healthz_requires_the_token(anon: TestClient, redis_server: PrivateRedis, pg_url: str) -> None:
+def test_every_route_but_the_probes_requires_the_token(anon: TestClient, redis_server: PrivateRedis,
+                                                       pg_url: str) -> None:
     routes = all_routes(anon.app)
     assert set(routes) >= EXPECTED
     for method, path in routes:
         for headers in BAD_HEADERS:
             r = anon.request(method, concrete(path), headers=headers, json={"prompt": "a fox", "seed": 1})
-            if path == "/healthz":
+            if path in ("/healthz", "/readyz"):  # the probes: no token, no details beyond ok/unavailable
                 assert r.status_code == 200, (method, path)
+                assert set(r.json()) <= {"status", "ledger", "broker"} and TOKEN not in r.text
                 continue
             assert r.status_code == 401, (method, path, headers, r.status_code)
             assert r.headers["www-authenticate"].startswith("Bearer")
