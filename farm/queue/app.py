@@ -16,7 +16,8 @@ there is no result backend (``task_ignore_result``). The settings that matter:
   throttle, so an abandoned message comes back about when the timeout says.
 * Broker connection retries never give up (a worker outlives a broker restart); socket timeouts
   keep a dead TCP connection from hanging a publish forever.
-* Task events (``worker_send_task_events``, ``task_send_sent_event``) for Flower.
+* Task events from workers (``worker_send_task_events``) for Flower; producers send none
+  (``task_send_sent_event`` off: a producer process would show up as a worker in Flower's metrics).
 * One queue per route (class x model, :mod:`farm.queue.names`), each declared on its own direct
   exchange; a worker consumes only the routes of the models it serves.
 
@@ -111,7 +112,8 @@ def make_app(settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # (no "sent" events: they would make every producer process a "worker" in Flower's metrics)
+        task_send_sent_event=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
         task_queues=[_queue(name) for name in all_queues()],

@@ -70,7 +70,7 @@ def test_app_is_json_only_late_ack_and_sets_visibility_everywhere(tmp_path: Path
     assert list(conf.result_accept_content) == ["json"]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.task_ignore_result and conf.result_backend is None
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.worker_send_task_events and not conf.task_send_sent_event  # producers are not workers
     assert conf.broker_transport_options["visibility_timeout"] == 3
     assert conf.result_backend_transport_options["visibility_timeout"] == 3
     assert conf.visibility_timeout == 3
