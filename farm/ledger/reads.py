@@ -7,7 +7,7 @@ goes through that one gateway.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -200,15 +200,15 @@ class LedgerReads(LedgerBase):
         with self._read() as conn:
             return stats.snapshot(conn, self._now())
 
-    def farm_load(self, *, live_within_s: float) -> stats.FarmLoad:
+    def farm_load(self, *, live_within_s: float, models: Collection[str] | None = None) -> stats.FarmLoad:
         """How loaded the farm is now (one query): what degradation under load decides from.
 
-        The oldest queued interactive job's wait, and the live workers (seen within
-        ``live_within_s``, idle or busy) and how many of them are busy. See
+        The oldest queued interactive job's wait (of ``models`` when given), and the live workers
+        (seen within ``live_within_s``, idle or busy) and how many of them are busy. See
         :func:`farm.ledger.stats.farm_load`.
         """
         with self._read() as conn:
-            return stats.farm_load(conn, self._now(), live_within_s=live_within_s)
+            return stats.farm_load(conn, self._now(), live_within_s=live_within_s, models=models)
 
     def list_workers(self) -> list[WorkerRecord]:
         """Every worker ever seen, by name."""

@@ -6,6 +6,7 @@ Plain functions on a Connection; :class:`farm.ledger.Ledger` exposes them (``sta
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -154,19 +155,20 @@ class FarmLoad:
         return self.busy_workers / self.serving_workers if self.serving_workers else None
 
 
-def farm_load(conn: Connection, now: datetime, *, live_within_s: float) -> FarmLoad:
+def farm_load(conn: Connection, now: datetime, *, live_within_s: float,
+              models: Collection[str] | None = None) -> FarmLoad:
     """The farm's :class:`FarmLoad` at ``now``, in one query (three scalar subqueries).
 
-    The oldest queued interactive job uses the (status, priority, created_at) index; a worker is
-    live when it was seen within ``live_within_s`` seconds.
+    The oldest queued interactive job (of ``models`` when given: the routes the caller's jobs
+    share GPUs with) uses the (status, priority, created_at) index; a worker is live when it was
+    seen within ``live_within_s`` seconds.
     """
     c, w = jobs.c, workers.c
-    oldest = (
-        select(func.min(c.created_at))
-        .where(c.status == JobStatus.QUEUED.value, c.priority == Priority.INTERACTIVE.value,
-               c.cache_of_job_id.is_(None))
-        .scalar_subquery()
-    )
+    waiting = [c.status == JobStatus.QUEUED.value, c.priority == Priority.INTERACTIVE.value,
+               c.cache_of_job_id.is_(None)]
+    if models is not None:
+        waiting.append(c.model_name.in_(sorted(models)))
+    oldest = select(func.min(c.created_at)).where(*waiting).scalar_subquery()
     live = [w.last_seen_at >= now - timedelta(seconds=live_within_s), w.state.in_(SERVING_STATES)]
     owners = select(c.worker_host).where(c.status == JobStatus.RUNNING.value, c.worker_host.is_not(None))
     busy = (w.state == WorkerState.BUSY.value) | w.name.in_(owners)

@@ -343,7 +343,9 @@ class JobRunner:
         if not cheaper:
             return {}
         try:
-            load = self.ledger.farm_load(live_within_s=WORKER_STALE_HEARTBEATS * self.heartbeat_s)
+            # the wait of interactive jobs of these models: people waiting for the same GPUs (routing)
+            load = self.ledger.farm_load(live_within_s=WORKER_STALE_HEARTBEATS * self.heartbeat_s,
+                                         models={job.model_name for job in records})
         except Exception as exc:  # degradation is optional: never let it stop a render
             log.warning("the farm's load was not read (%s: %s): rendering as asked", type(exc).__name__, exc)
             return {}

@@ -61,6 +61,13 @@ def test_farm_load_reads_the_oldest_interactive_wait(ledger, make_job, clock) ->
     assert ledger.farm_load(live_within_s=60).oldest_interactive_wait_s == 42.5
     assert claim(ledger, first.id) is not None  # claimed: no longer waiting; the next one has waited 32.5 s
     assert ledger.farm_load(live_within_s=60).oldest_interactive_wait_s == 32.5
+    # per route: only the models asked about (the jobs' own GPUs); another model's queue does not count
+    other = make_job(seed=4, priority="interactive", model="tiny-dense")
+    ledger.add_jobs([other])
+    clock.advance(5)
+    assert ledger.farm_load(live_within_s=60, models={"tiny"}).oldest_interactive_wait_s == 37.5
+    assert ledger.farm_load(live_within_s=60, models={"tiny-dense"}).oldest_interactive_wait_s == 5.0
+    assert ledger.farm_load(live_within_s=60, models={"wan2.2-t2v-a14b"}).oldest_interactive_wait_s is None
 
 
 def test_farm_load_counts_live_serving_workers_and_the_busy_ones(ledger, make_job, clock) -> None:
