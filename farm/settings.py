@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm.kinds import OffloadPolicy
@@ -84,6 +85,16 @@ DEFAULT_S3_PRESIGN_EXPIRY_S = 900
 MAX_S3_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 #: Region signed into S3 requests when FARM_S3_REGION is unset (MinIO and Ceph accept any).
 DEFAULT_S3_REGION = "us-east-1"
+#: Secret settings that may come from a file instead: ``FARM_<NAME>_FILE`` names a file (a mounted
+#: secret such as ``/run/secrets/broker_url``) whose content, stripped, is the value. Read only when
+#: ``FARM_<NAME>`` itself is unset or blank, so a value given directly always wins.
+FILE_SETTINGS: tuple[str, ...] = ("database_url", "broker_url", "api_token", "flower_basic_auth")
+#: The largest secret file read (a URL or a token; anything bigger is a wrong path).
+MAX_SECRET_FILE_BYTES = 64 * 1024
+#: Flower keeps its state (workers, tasks) in this file in the data dir unless FARM_FLOWER_DB is set.
+DEFAULT_FLOWER_DB_FILENAME = "flower.db"
+#: Seconds after which Flower forgets a worker that went offline (FARM_FLOWER_PURGE_OFFLINE_S; 0: never).
+DEFAULT_FLOWER_PURGE_OFFLINE_S = 24 * 3600
 
 
 def _default_data_dir() -> Path:
@@ -102,6 +113,10 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the ledger; default: SQLite file in the data dir."
     )
     broker_url: str | None = Field(default=None, description="Celery broker URL (redis://...).")
+    database_url_file: Path | None = Field(
+        default=None, description="File holding FARM_DATABASE_URL (a mounted secret); read when that is unset.")
+    broker_url_file: Path | None = Field(
+        default=None, description="File holding FARM_BROKER_URL (a mounted secret); read when that is unset.")
     output_dir: Path | None = Field(
         default=None, description="Content-addressed outputs (file store); local staging with an s3 store.")
     # -- the output store: file:// (default) or s3:// (credentials: never logged, never in code) ----
@@ -165,14 +180,39 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
     # -- HTTP API and Flower (secrets: never logged, never in code) -------------------------------
     api_token: SecretStr | None = Field(default=None, description="Bearer token the HTTP API requires.")
+    api_token_file: Path | None = Field(
+        default=None, description="File holding FARM_API_TOKEN (a mounted secret); read when that is unset.")
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8400, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")
+    flower_basic_auth_file: Path | None = Field(
+        default=None, description="File holding FARM_FLOWER_BASIC_AUTH (a mounted secret); read when that is unset.")
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_db: Path | None = Field(
+        default=None, description="Flower's state file (workers, tasks), kept across restarts; default "
+        "data_dir/flower.db.")
+    flower_purge_offline_s: int = Field(
+        default=DEFAULT_FLOWER_PURGE_OFFLINE_S, ge=0,
+        description="Seconds after which Flower drops a worker that went offline (0: never).")
     #: Test-only fault injection (jobs tagged ``fault: crash|sleep|fail``). Never on in production.
     fault_injection: bool = Field(default=False)
     log_level: str = Field(default="INFO")
     sql_echo: bool = Field(default=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """``FARM_<NAME>_FILE`` of each :data:`FILE_SETTINGS` entry, when ``FARM_<NAME>`` is unset or blank."""
+        if not isinstance(data, dict):
+            return data
+        values = dict(data)
+        for name in FILE_SETTINGS:
+            path = values.get(f"{name}_file")
+            given = values.get(name)
+            if path in (None, "") or (given is not None and str(given).strip()):
+                continue
+            values[name] = read_secret_file(f"FARM_{name.upper()}_FILE", Path(str(path)))
+        return values
 
     @field_validator("database_url", "broker_url", "output_url", "s3_endpoint_url", "s3_public_endpoint_url",
                      "s3_access_key_id")
@@ -273,6 +313,11 @@ class Settings(BaseSettings):
         return float(WORKER_STALE_HEARTBEATS * self.heartbeat_s)
 
     @property
+    def flower_db_path(self) -> Path:
+        """FARM_FLOWER_DB, else ``flower.db`` in the data dir."""
+        return self.flower_db if self.flower_db is not None else self.data_dir / DEFAULT_FLOWER_DB_FILENAME
+
+    @property
     def models_path(self) -> Path:
         """FARM_MODEL_DIR, else ``models`` in the data dir."""
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
@@ -287,6 +332,28 @@ def get_settings() -> Settings:
 def reset_settings_cache() -> None:
     """Forget the cached settings (tests that change the environment call this)."""
     get_settings.cache_clear()
+
+
+def read_secret_file(setting: str, path: Path) -> str:
+    """The secret held in ``path`` (surrounding whitespace, e.g. the final newline, stripped).
+
+    A missing, unreadable, empty or oversized file is a ``ValueError`` naming ``setting`` and the
+    path, never the content.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{setting}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret file")
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{setting}: {path} is not UTF-8 text") from None
+    if not value:
+        raise ValueError(f"{setting}: {path} is empty")
+    return value
 
 
 def redacted_url(url: str) -> str:

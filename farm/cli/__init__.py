@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "render",
     "worker",
     "workers",
+    "health",
     "submit",
     "batch",
     "status",

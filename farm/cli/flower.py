@@ -5,7 +5,10 @@ holds ``user:password``. The credentials go to Flower in-process — never on a 
 ``ps`` would show them), never printed or logged.
 
 Flower shows the workers by their Celery names (``farm-gpu0@host``, one per GPU) and the tasks they
-run, from the workers' task events. It is a live view kept in memory, not a history: the ledger is.
+run, from the workers' task events. It is a live view, not a history (the ledger is); its state is
+saved to ``FARM_FLOWER_DB`` (default ``flower.db`` in the data dir) every
+:data:`FLOWER_STATE_SAVE_INTERVAL_S` seconds and at shutdown, and loaded at start, so a restart does
+not empty the dashboard. Workers offline for ``FARM_FLOWER_PURGE_OFFLINE_S`` seconds are dropped.
 
 **Flower's own ``/metrics`` and ``/healthcheck`` are NOT behind its auth** (Flower serves them to
 anyone). Keep Flower's port private — bound to 127.0.0.1 (the default here), or on an internal
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Default bind address: private unless explicitly opened.
 DEFAULT_ADDRESS = "127.0.0.1"
+#: Seconds between two saves of Flower's state to FARM_FLOWER_DB (it is saved at shutdown too).
+FLOWER_STATE_SAVE_INTERVAL_S = 60
 
 
 class FlowerConfigError(Exception):
@@ -49,21 +54,38 @@ def basic_auth_credentials(settings: Settings) -> str:
     return secret
 
 
-def run_flower(celery_app: Any, *, port: int, address: str, credentials: str) -> None:
-    """Serve Flower for ``celery_app`` until SIGTERM/SIGINT.
-
-    Configured in-process: no ``flowerconfig.py`` from the working directory, no
-    environment, no argv.
-    """
-    from flower.app import Flower
+def flower_options(settings: Settings, *, port: int, address: str, credentials: str) -> Any:
+    """Flower's (tornado) options for farm: bind, basic auth, persistence and purging of offline workers."""
     from flower.options import options
-    from flower.urls import settings as flower_settings
 
     options.port = port
     options.address = address
     options.basic_auth = [credentials]
     options.auth = ""
-    flower = Flower(capp=celery_app, options=options, **flower_settings)
+    options.persistent = True
+    options.db = str(settings.flower_db_path)
+    options.state_save_interval = FLOWER_STATE_SAVE_INTERVAL_S * 1000  # milliseconds
+    options.purge_offline_workers = settings.flower_purge_offline_s or None  # None: never
+    return options
+
+
+def make_flower(celery_app: Any, settings: Settings, *, port: int, address: str, credentials: str) -> Any:
+    """A Flower application for ``celery_app`` (not started); its saved state, if any, is loaded."""
+    from flower.app import Flower
+    from flower.urls import settings as flower_settings
+
+    options = flower_options(settings, port=port, address=address, credentials=credentials)
+    settings.flower_db_path.parent.mkdir(parents=True, exist_ok=True)
+    return Flower(capp=celery_app, options=options, **flower_settings)
+
+
+def run_flower(celery_app: Any, settings: Settings, *, port: int, address: str, credentials: str) -> None:
+    """Serve Flower for ``celery_app`` until SIGTERM/SIGINT.
+
+    Configured in-process: no ``flowerconfig.py`` from the working directory, no
+    environment, no argv.
+    """
+    flower = make_flower(celery_app, settings, port=port, address=address, credentials=credentials)
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("flower: signal %d, shutting down", signum)
@@ -99,5 +121,5 @@ def register(group: click.Group) -> None:
         from farm.queue.app import get_app
 
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        log.info("flower: broker %s", redacted_url(settings.broker))
-        run_flower(get_app(settings), port=settings.flower_port, address=address, credentials=credentials)
+        log.info("flower: broker %s, state in %s", redacted_url(settings.broker), settings.flower_db_path)
+        run_flower(get_app(settings), settings, port=settings.flower_port, address=address, credentials=credentials)
