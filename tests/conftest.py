@@ -4,7 +4,10 @@
 * ``pg_empty_url`` — a fresh, empty Postgres database;
 * ``sqlite_url`` — a fresh SQLite file migrated to head; ``sqlite_empty_url`` — one not created yet;
 * ``redis_server`` — a private ``redis-server`` per test (:class:`private_redis.PrivateRedis`); the
-  producer suite overrides it with one per module, the farm fault tests with a restartable AOF one.
+  producer suite overrides it with one per module, the farm fault tests with a restartable AOF one;
+* ``moto_s3`` — a real S3-compatible server per test (moto in server mode, :class:`moto_s3.MotoS3`)
+  with the bucket created;
+* ``private_pg`` — a private Postgres cluster a fault test may stop and start (``private_postgres``).
 
 Postgres fixtures FAIL when the server is unreachable, unless ``FARM_TEST_ALLOW_NO_PG=1`` (then
 they skip). Every test that uses one is marked ``postgres`` automatically. See ``tests/pg.py``.
@@ -25,6 +28,7 @@ from pathlib import Path
 import pg
 import psycopg
 import pytest
+from moto_s3 import MotoS3
 from private_postgres import private_pg  # noqa: F401  (a fixture: a private Postgres cluster for fault tests)
 from private_redis import PrivateRedis
 
@@ -137,6 +141,17 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
     server = PrivateRedis(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path) -> Iterator[MotoS3]:
+    """A real S3-compatible server of the test's own: moto in server mode, a subprocess on a free loopback port."""
+    server = MotoS3(tmp_path / "moto.log")
+    server.start()
     try:
         yield server
     finally:

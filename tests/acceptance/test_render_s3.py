@@ -12,12 +12,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import obstore
-import pytest
 from moto_s3 import BUCKET, PREFIX, MotoS3
 
 from farm.ledger import JobStatus, Ledger
@@ -28,14 +26,6 @@ FARM = str(Path(sys.executable).with_name("farm"))
 PROMPT = "a paper boat on a puddle ../../etc/passwd"
 
 
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path / "moto.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def render(data_dir: Path, server: MotoS3, *args: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ stays running, never succeeded without its object) until the store is back.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import obstore
@@ -18,16 +17,6 @@ from moto_s3 import BUCKET, PREFIX, MotoS3
 
 from farm.ledger import JobRecord
 from farm.store import S3OutputStore, open_store
-
-
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path / "moto.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

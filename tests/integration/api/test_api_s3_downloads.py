@@ -36,14 +36,6 @@ FARM = str(Path(sys.executable).with_name("farm"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path / "moto.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
