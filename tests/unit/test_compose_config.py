@@ -1,7 +1,7 @@
 """``docker-compose config`` accepts docker-compose.yml, for every profile, with every secret file present.
 
 There is no Docker engine here: Debian's ``docker-compose`` (Compose v1, 1.29; installed by
-``scripts/deploy-tools.sh``) validates the file offline — the schema, ``${VAR}`` / ``$$``
+``scripts/os-tools.sh``) validates the file offline — the schema, ``${VAR}`` / ``$$``
 interpolation, YAML merge keys, profiles, and that every ``env_file`` exists. The secret files come
 from ``scripts/make-secrets.sh`` in a temporary copy (the real ``ops/secrets/`` is git-ignored and
 may not exist). Compose v1 predates one compose-spec key the file uses, the top-level ``name:``
@@ -29,7 +29,7 @@ V2_ONLY_LINE = re.compile(r"^name: [a-z0-9_-]+\n", re.MULTILINE)
 def docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose (Compose v1) is not installed: run scripts/deploy-tools.sh", pytrace=False)
+        pytest.fail("docker-compose (Compose v1) is not installed: run scripts/os-tools.sh", pytrace=False)
     return exe
 
 

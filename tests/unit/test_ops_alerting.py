@@ -1,7 +1,7 @@
 """Alerting: the rules, their unit tests, their runbook, and Alertmanager's routing.
 
 Runs Prometheus' and Alertmanager's own checkers — ``promtool`` (Debian package ``prometheus``) and
-``amtool`` (``prometheus-alertmanager``) — which ``scripts/ops-tools.sh`` installs. A missing tool
+``amtool`` (``prometheus-alertmanager``) — which ``scripts/os-tools.sh`` installs. A missing tool
 fails the test with that hint: the checks are not optional.
 """
 
@@ -40,7 +40,7 @@ def load(path: Path) -> Any:
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run scripts/ops-tools.sh (Debian packages prometheus, "
+        pytest.fail(f"{name} is not installed: run scripts/os-tools.sh (Debian packages prometheus, "
                     "prometheus-alertmanager)")
     return path
 

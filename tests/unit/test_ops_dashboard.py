@@ -3,7 +3,7 @@
 The dashboard JSON is checked structurally (ids, layout, data source, targets); every PromQL
 expression uses only metrics farm exports, dcgm-exporter's default counters or Prometheus' own,
 and parses (``promtool check rules`` on the expressions as recording rules; promtool is installed by
-``scripts/ops-tools.sh``).
+``scripts/os-tools.sh``).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_label_values_in_expressions_are_the_code_s() -> None:
 def test_every_expression_parses_as_promql(dashboard: dict[str, Any], tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.fail("promtool is not installed: run scripts/ops-tools.sh (Debian package prometheus)")
+        pytest.fail("promtool is not installed: run scripts/os-tools.sh (Debian package prometheus)")
     rules = [{"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": plain_promql(target["expr"])}
              for panel in graph_panels(dashboard) for target in panel["targets"]]
     path = tmp_path / "dashboard_rules.yml"

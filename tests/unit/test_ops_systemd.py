@@ -1,6 +1,6 @@
 """The systemd units of ops/systemd/ run real farm commands, safely.
 
-``systemd-analyze verify`` (package systemd; ``scripts/ops-tools.sh`` installs it where it is
+``systemd-analyze verify`` (package systemd; ``scripts/os-tools.sh`` installs it where it is
 missing) checks every unit as systemd would load it — unknown keys, bad values, a bad specifier —
 on a copy whose ``/opt/farm/venv/bin/farm`` is a stub (verify needs the executable to exist).
 Each ``ExecStart`` is then checked against the farm CLI: the command and every option exist.
@@ -76,7 +76,7 @@ def test_the_units_are_there() -> None:
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.fail("systemd-analyze is not installed: run scripts/ops-tools.sh (Debian package systemd)")
+        pytest.fail("systemd-analyze is not installed: run scripts/os-tools.sh (Debian package systemd)")
     stub = tmp_path / "farm"
     stub.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
     stub.chmod(0o755)
