@@ -72,6 +72,8 @@ DEFAULT_DEGRADE_BUSY_FRACTION: float | None = None
 #: Seconds the HTTP API tries to reach the broker before it answers 202 "recorded, not sent yet"
 #: (the reaper sends those jobs): a request answers within about this long plus the ledger write.
 DEFAULT_API_SEND_TIMEOUT_S = 1.0
+#: Seconds a review-room login (its signed session cookie) lasts: a working day.
+DEFAULT_UI_SESSION_TTL_S = 12 * 3600
 #: Seconds /readyz waits for each dependency (ledger, broker).
 DEFAULT_READY_TIMEOUT_S = 1.0
 #: Broker URL schemes farm works with (Celery on Redis; the embedded filesystem broker).
@@ -184,6 +186,12 @@ class Settings(BaseSettings):
         default=None, description="File holding FARM_API_TOKEN (a mounted secret); read when that is unset.")
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8400, ge=1, le=65535)
+    ui_session_ttl_s: int = Field(
+        default=DEFAULT_UI_SESSION_TTL_S, ge=60, le=7 * 86400,
+        description="Seconds a review-room (/ui) login lasts before the form asks for the token again.")
+    ui_cookie_secure: bool = Field(
+        default=False, description="Mark the /ui session cookie Secure even when the API itself serves plain http "
+        "(behind a TLS-terminating proxy); it always is over https.")
     flower_basic_auth: SecretStr | None = Field(default=None, description="user:password for Flower.")
     flower_basic_auth_file: Path | None = Field(
         default=None, description="File holding FARM_FLOWER_BASIC_AUTH (a mounted secret); read when that is unset.")

@@ -48,6 +48,10 @@ SEED_RANGE_TEXT = "[0, 2^32-1] (4294967295; torch's generator keeps 32 bits)"
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE_PX = 32
 MAX_SIDE_PX = 2048
+#: Width and height are multiples of this (and of the model's ``size_multiple``).
+SIDE_MULTIPLE_PX = 16
+#: Frame counts are ``FRAMES_MULTIPLE * k + 1`` (and at most the model's ``max_frames``).
+FRAMES_MULTIPLE = 4
 MIN_FPS = 1
 MAX_FPS = 60
 MIN_STEPS = 1
@@ -115,7 +119,9 @@ COMPAT_FIELDS: tuple[str, ...] = (
 META_FIELDS: tuple[str, ...] = ("priority", "allow_degrade", "tags", "seed_strategy", "preset")
 
 _WS_RE = re.compile(r"\s+")
-_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+#: Tag keys match this (Python ``re``), 1 to MAX_TAG_KEY_CHARS characters.
+TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:/-]+$"
+_TAG_KEY_RE = re.compile(TAG_KEY_PATTERN)
 _ALLOWED_CONTROL = frozenset("\t\n\r")
 
 
@@ -124,12 +130,13 @@ def normalize_prompt(text: str) -> str:
     return _WS_RE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def _has_control_chars(text: str) -> bool:
+def has_control_chars(text: str) -> bool:
+    """True when ``text`` holds a control character (Unicode ``Cc``) other than tab, newline and CR."""
     return any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROL for c in text)
 
 
 def _check_text(value: str, *, allow_empty: bool) -> str:
-    if _has_control_chars(value):
+    if has_control_chars(value):
         raise PydanticCustomError(
             "no_control_chars", "must not contain NUL or other control characters (tab/newline are allowed)"
         )
@@ -227,8 +234,8 @@ class RenderSpec(BaseModel):
             raise PydanticCustomError(
                 "size_bounds", "must be between {lo} and {hi} pixels", {"lo": MIN_SIDE_PX, "hi": MAX_SIDE_PX}
             )
-        if v % 16:
-            raise PydanticCustomError("multiple_of_16", "must be a multiple of 16")
+        if v % SIDE_MULTIPLE_PX:
+            raise PydanticCustomError(f"multiple_of_{SIDE_MULTIPLE_PX}", f"must be a multiple of {SIDE_MULTIPLE_PX}")
         return v
 
     @field_validator("num_frames")
@@ -236,7 +243,7 @@ class RenderSpec(BaseModel):
     def _frames(cls, v: int | None) -> int | None:
         if v is None:
             return v
-        if v < 1 or (v - 1) % 4:
+        if v < 1 or (v - 1) % FRAMES_MULTIPLE:
             raise PydanticCustomError("frames_4k_plus_1", "must be of the form 4k+1 (1, 5, 9, ..., 81, ...)")
         return v
 
@@ -308,7 +315,7 @@ class RenderSpec(BaseModel):
                 raise PydanticCustomError(
                     "tags", "tag keys are 1-{n} characters of A-Z a-z 0-9 _ . : / -", {"n": MAX_TAG_KEY_CHARS}
                 )
-            if len(value) > MAX_TAG_VALUE_CHARS or _has_control_chars(value):
+            if len(value) > MAX_TAG_VALUE_CHARS or has_control_chars(value):
                 raise PydanticCustomError(
                     "tags", "tag values are at most {n} characters, no control characters",
                     {"n": MAX_TAG_VALUE_CHARS},

@@ -30,6 +30,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from farm.api.auth import BearerAuthMiddleware, startup_token
 from farm.api.bodies import UnsupportedMediaType
 from farm.api.limits import BodyLimitMiddleware
+from farm.api.lists import make_lists_router
+from farm.api.openapi_rules import apply_rules
+from farm.api.review import install as install_review
 from farm.api.routes import FURTHER_CHECKS, make_router
 from farm.api.schemas import problem_body, problems_from_errors
 from farm.errors import (
@@ -107,9 +110,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI schema with the bearer scheme required everywhere (``/healthz`` excepted)."""
+    """The OpenAPI schema: farm's rules written in (:mod:`farm.api.openapi_rules`), the bearer scheme everywhere.
+
+    (``/healthz`` and ``/readyz`` excepted.) The model names and the default model are the ones
+    known when the app starts.
+    """
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        apply_rules(schema, default_model=app.state.settings.default_model)
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "FARM_API_TOKEN"}
         }
@@ -147,11 +155,16 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
         title=API_TITLE,
         version=API_VERSION,
         description="farm's HTTP API: submit renders and batches, follow them, download outputs. "
-        "Every route but /healthz needs `Authorization: Bearer <FARM_API_TOKEN>`.",
+        "Every route but /healthz and /readyz needs `Authorization: Bearer <FARM_API_TOKEN>`; the review room "
+        "(/ui/) and these docs take the same token on a login page.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from local files: farm.api.review.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(make_router())
+    app.include_router(make_lists_router())
+    sessions = install_review(app, token, settings)  # the review room (/ui) and the local /docs
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(JobNotFound, _not_found)
@@ -164,5 +177,6 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(BearerAuthMiddleware, token=token)  # added last: runs first, before any body is read
+    # added last: runs first, before any body is read
+    app.add_middleware(BearerAuthMiddleware, token=token, sessions=sessions)
     return app

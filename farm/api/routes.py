@@ -28,6 +28,7 @@ from farm.api.schemas import (
     RenderRequest,
     rule_problems,
 )
+from farm.api.views import CancelView, HealthView, JobView, ReadyView
 from farm.client import Client
 from farm.client.core import check_idempotency_key
 from farm.client.reads import check_id
@@ -48,6 +49,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such job or batch."},
     422: {"model": ErrorBody, "description": "Invalid input: every problem names its field and rule."},
     503: {"model": ErrorBody, "description": "The ledger or the broker is unavailable; retry later."},
+}
+
+#: A JSON body that cannot even be decoded (not UTF-8) is refused before any check (FastAPI's 400).
+BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body could not be read (not UTF-8 text)."},
 }
 
 IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
@@ -114,9 +120,9 @@ def job_view(job: JobRecord) -> dict[str, Any]:
 # -- liveness and metrics ------------------------------------------------------------------------
 
 
-def healthz() -> dict[str, str]:
+def healthz() -> HealthView:
     """Liveness: 200 while the process serves requests (no token needed)."""
-    return {"status": "ok"}
+    return HealthView(status="ok")
 
 
 def readyz(client: ClientDep) -> JSONResponse:
@@ -180,7 +186,7 @@ def submit_job_problems(request: Request, body: Any, shape_problems: Sequence[Pr
             *_key_problems(request.headers.get(IDEMPOTENCY_HEADER))]
 
 
-def get_job(job_id: str, client: ClientDep) -> dict[str, Any]:
+def get_job(job_id: str, client: ClientDep) -> JobView:
     """Every recorded field of the job, with its download URLs once it succeeded.
 
     A queued job also says why it cannot start (``waiting``: e.g. no live worker serves its model).
@@ -188,17 +194,17 @@ def get_job(job_id: str, client: ClientDep) -> dict[str, Any]:
     job = client.get_job(_job_id(job_id))
     view = job_view(job)
     view["waiting"] = list(client.waiting(job.id)) if job.status == JobStatus.QUEUED else []
-    return view
+    return JobView.model_validate(view)
 
 
-def cancel_job(job_id: str, client: ClientDep) -> dict[str, Any]:
+def cancel_job(job_id: str, client: ClientDep) -> JobView:
     """Cancel a queued or running job (a worker stops it at its next heartbeat)."""
     checked = _job_id(job_id)
     client.get_job(checked)  # 404 for an unknown job
     report = client.cancel(checked)
     if checked in report.unchanged:
         raise IllegalTransition(checked, report.unchanged[checked], JobStatus.CANCELLED.value)
-    return job_view(client.get_job(checked))
+    return JobView.model_validate(job_view(client.get_job(checked)))
 
 
 def promote_job(job_id: str, client: ClientDep) -> JobsCreated:
@@ -285,37 +291,47 @@ def batch_results(batch_id: str, client: ClientDep) -> BatchResults:
     return BatchResults(batch_id=checked, results=rows)
 
 
-def cancel_batch(batch_id: str, client: ClientDep) -> JSONResponse:
+def cancel_batch(batch_id: str, client: ClientDep) -> CancelView:
     """Cancel every queued and running job of the batch; finished jobs are listed, unchanged."""
     checked = _batch_id(batch_id)
     client.get_batch(checked)
-    return JSONResponse(client.cancel(checked).to_dict())
+    return CancelView.model_validate(client.cancel(checked).to_dict())
 
 
 # -- the table -----------------------------------------------------------------------------------
 
 _CONFLICT = {409: {"model": ErrorBody, "description": "The job already finished."}}
+_READY = {200: {"model": ReadyView, "description": "Ready."},
+          503: {"model": ReadyView, "description": "Not ready (Retry-After says when to ask again)."}}
+_METRICS = {200: {"description": "The metrics in Prometheus' text format.",
+                  "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}}
 _MISSING = {409: {"model": ErrorBody, "description": "The stored file is missing."},
             307: {"description": "s3 output store: a presigned URL of the file (Location), valid for "
                                  "FARM_S3_PRESIGN_EXPIRY_S seconds."}}
-_NOT_SENT = {202: {"description": "Recorded, but the broker could not be reached in time: `not_sent` jobs are sent "
-                                  "by the reaper (nothing is lost)."}}
-_REPEAT_JOBS = {200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."},
-                **_NOT_SENT}
+_NOT_SENT: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Recorded, but the broker could not be reached in time: `not_sent` jobs are sent by the "
+                         "reaper (nothing is lost)."},
+}
+_REPEAT_JOBS: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobsCreated, "description": "Idempotency-Key seen before: the first request's jobs."},
+    **_NOT_SENT, **BODY_UNREADABLE,
+}
 _REPEAT_BATCH = {**_NOT_SENT, 200: {"model": BatchCreated, "description": "The same manifest was submitted before."},
                  415: {"model": ErrorBody, "description": "The body is neither JSON nor YAML."}}
 
 #: (method, path, endpoint, route options): every route of the API.
 ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
-    ("GET", "/healthz", healthz, {"tags": ["ops"], "summary": "Liveness (no authentication, no details)"}),
+    ("GET", "/healthz", healthz, {"tags": ["ops"], "summary": "Liveness (no authentication, no details)",
+                                  "response_model": HealthView}),
     ("GET", "/readyz", readyz, {"tags": ["ops"], "summary": "Readiness: ledger and broker answer (no authentication)",
-                                "response_class": JSONResponse, "responses": {503: {"description": "Not ready."}}}),
+                                "response_class": JSONResponse, "responses": _READY}),
     ("GET", "/metrics", metrics, {"tags": ["ops"], "summary": "Prometheus metrics (bearer token required)",
-                                  "response_class": Response, "responses": {401: ERRORS[401]}}),
+                                  "response_class": Response, "responses": {**_METRICS, 401: ERRORS[401]}}),
     ("POST", "/v1/jobs", submit_job, {"tags": ["jobs"], "status_code": 201, "response_model": JobsCreated,
                                       "responses": {**ERRORS, **_REPEAT_JOBS}}),
-    ("GET", "/v1/jobs/{job_id}", get_job, {"tags": ["jobs"], "responses": ERRORS}),
-    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job, {"tags": ["jobs"], "responses": {**ERRORS, **_CONFLICT}}),
+    ("GET", "/v1/jobs/{job_id}", get_job, {"tags": ["jobs"], "response_model": JobView, "responses": ERRORS}),
+    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job, {"tags": ["jobs"], "response_model": JobView,
+                                                      "responses": {**ERRORS, **_CONFLICT}}),
     ("POST", "/v1/jobs/{job_id}/promote", promote_job, {"tags": ["jobs"], "status_code": 201,
                                                         "response_model": JobsCreated, "responses": ERRORS}),
     ("GET", "/v1/jobs/{job_id}/video", job_video, {"tags": ["jobs"], "response_class": FileResponse,
@@ -328,7 +344,8 @@ ROUTES: tuple[tuple[str, str, Any, dict[str, Any]], ...] = (
                                                   "responses": ERRORS}),
     ("GET", "/v1/batches/{batch_id}/results", batch_results, {"tags": ["batches"], "response_model": BatchResults,
                                                               "responses": ERRORS}),
-    ("POST", "/v1/batches/{batch_id}/cancel", cancel_batch, {"tags": ["batches"], "responses": ERRORS}),
+    ("POST", "/v1/batches/{batch_id}/cancel", cancel_batch, {"tags": ["batches"], "response_model": CancelView,
+                                                             "responses": ERRORS}),
 )
 
 

@@ -3,7 +3,10 @@
 The request model only checks *shape* (which fields exist, their JSON types); every rule of a
 render spec is checked by :func:`farm.spec.parse_spec`, the same door the CLI and manifests use,
 so the API reports the same field and rule names (``width: multiple_of_16``,
-``num_frames: frames_4k_plus_1``, ``guidance_scale: finite``, ``model: known_model``, ...).
+``num_frames: frames_4k_plus_1``, ``guidance_scale: finite``, ``model: known_model``, ...). The
+OpenAPI schema carries those rules too (:mod:`farm.api.openapi_rules`), for generated clients and
+fuzzers; an integer field takes any JSON number with an integral value (``32.0``), as JSON Schema's
+``integer`` does.
 
 Error bodies are always ``{"error": ..., "problems": [{"field", "rule", "message"}, ...]}``
 (:func:`problem_body`).
@@ -12,10 +15,11 @@ Error bodies are always ``{"error": ..., "problems": [{"field", "rule", "message
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -29,6 +33,22 @@ from farm.errors import InvalidInput, Problem
 from farm.spec import RenderSpec
 
 Number = StrictFloat | StrictInt
+
+
+def _whole(value: Any) -> Any:
+    """A JSON number with an integral value as the integer it is (``32.0`` is 32); anything else unchanged.
+
+    JSON has one number type, and JSON Schema's ``integer`` admits ``32.0``: the API reads it as the
+    schema does. A fractional number (``32.5``), a bool or a string still fails the integer check
+    (rule ``type``), and the spec's own rules then apply to the integer.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field of a request body: a JSON number with an integral value (see :func:`_whole`).
+JsonInt = Annotated[StrictInt, BeforeValidator(_whole)]
 
 #: Spec fields a render request may carry: every field of :class:`RenderSpec` but the prompt, the
 #: model and the priority (top-level request fields) and the seed and its strategy (which the
@@ -46,8 +66,8 @@ class Sweep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: StrictInt
-    radius: StrictInt
+    base: JsonInt
+    radius: JsonInt
 
 
 class RenderRequest(BaseModel):
@@ -60,7 +80,7 @@ class RenderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: StrictStr
-    seed: StrictInt | None = Field(
+    seed: JsonInt | None = Field(
         default=None, description="Explicit seed in [0, 2^32-1] (torch's generator keeps 32 bits)."
     )
     seed_from_prompt: StrictBool = Field(default=False, description="Derive the seed from the prompt (sha256).")
@@ -70,11 +90,11 @@ class RenderRequest(BaseModel):
     priority: Literal["interactive", "batch"] = "interactive"
     no_cache: StrictBool = Field(default=False, description="Render even if an identical output exists.")
     negative_prompt: StrictStr | None = None
-    width: StrictInt | None = None
-    height: StrictInt | None = None
-    num_frames: StrictInt | None = None
-    fps: StrictInt | None = None
-    steps: StrictInt | None = None
+    width: JsonInt | None = None
+    height: JsonInt | None = None
+    num_frames: JsonInt | None = None
+    fps: JsonInt | None = None
+    steps: JsonInt | None = None
     guidance_scale: Number | None = None
     guidance_scale_2: Number | None = None
     boundary_ratio: Number | None = None

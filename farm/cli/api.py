@@ -1,6 +1,8 @@
 """``farm api [--host H] [--port P] [--insecure-local]``: serve the HTTP API with uvicorn.
 
-Every route but ``/healthz`` requires ``Authorization: Bearer $FARM_API_TOKEN``. Without a token
+Every ``/v1`` route, ``/metrics`` and ``/openapi.json`` require ``Authorization: Bearer $FARM_API_TOKEN``
+(``/healthz`` and ``/readyz`` excepted); the review room (``/ui/``) and ``/docs`` take the same token
+through a login form (a session cookie). Without a token
 the command refuses to start (exit 2), unless it binds to 127.0.0.1 (or ::1) and is given
 ``--insecure-local`` — for a developer's own machine only. The token is never printed or logged.
 """
@@ -16,8 +18,9 @@ from farm.cli.common import EXIT_BAD_INPUT, broker_option, database_option, hand
 #: The token is never an option (an option's value can leak into ``ps``, shell history and help
 #: output): it is read from the environment only, and ``--help`` says so.
 _AUTH_EPILOG = (
-    "Authentication: every route but /healthz requires `Authorization: Bearer <token>`, where the token "
-    "is the value of the FARM_API_TOKEN environment variable (at least 16 characters). It is read from "
+    "Authentication: every API route but /healthz and /readyz requires `Authorization: Bearer <token>`, where "
+    "the token is the value of the FARM_API_TOKEN environment variable (at least 16 characters); the review room "
+    "at /ui/ and /docs ask for the same token on a login page (a session cookie). It is read from "
     "the environment only (there is no option for it) and is never printed or logged. Without "
     "FARM_API_TOKEN the command refuses to start, unless it binds to 127.0.0.1 or ::1 with --insecure-local."
 )
@@ -39,7 +42,7 @@ def register(group: click.Group) -> None:
     @handle_errors()
     def api(host: str | None, port: int | None, insecure_local: bool, log_level: str | None,
             database_url: str | None, broker_url: str | None) -> None:
-        """Serve farm's HTTP API (OpenAPI schema at /openapi.json); needs FARM_API_TOKEN."""
+        """Serve farm's HTTP API and the review room (/ui/); needs FARM_API_TOKEN."""
         import uvicorn
 
         from farm.api.app import create_app
@@ -53,6 +56,9 @@ def register(group: click.Group) -> None:
         except ApiConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             raise SystemExit(EXIT_BAD_INPUT) from None
+        shown = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
+        click.echo(f"farm api: review room at http://{shown}:{settings.api_port}/ui/ "
+                   f"(API docs at /docs)", err=True)
         uvicorn.run(
             app,
             host=settings.api_host,

@@ -1,28 +1,36 @@
 """``farm status ID...`` and ``farm wait ID...``: where jobs and batches stand.
 
 Each takes one or more ids (jobs or batches, mixed): several are followed as one group. ``farm
-wait`` shows a line redrawn in place (on a terminal; else printed when it changes) with the counts
-per status, the progress and the ETA (shown once the group's workers have rendered enough of it
-to have a pace). Exit codes: 0 every job succeeded, 1 any job failed or was cancelled, 124 the
-``--timeout`` passed first.
+wait`` shows, on a terminal, a live display fitted to the terminal's width (a bar, done/total,
+the counts per status and the ETA, shown once the group's workers have rendered enough of it to
+have a pace); elsewhere a plain line each time the counts change (:mod:`farm.cli.wait_view`).
+At the end it lists the failed and cancelled jobs with their recorded errors, then a summary.
+
+Exit codes of ``farm wait``: 0 every job succeeded, 1 any job failed or was cancelled, 124 the
+``--timeout`` passed first, 4 (:data:`EXIT_UNKNOWN_ID`) an id is no job or batch; 2 is bad
+usage or an id that is not a UUID, as for every command.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from farm.cli.common import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, json_option, option
 from farm.cli.options import client_options, open_client
+from farm.errors import BatchNotFound, JobNotFound
 
 if TYPE_CHECKING:
-    from farm.client import StatusReport
+    from farm.client import Client, StatusReport
 
 #: Exit code of ``farm wait`` (and ``farm rerender --wait``) when the timeout passed first
 #: (the code GNU ``timeout`` uses).
 EXIT_TIMEOUT = 124
+#: Exit code of ``farm wait`` when an id is neither a job nor a batch: unlike 1 (work failed), 2
+#: (bad usage or input, e.g. an id that is not a UUID) and 3 (not sent), it says the id is wrong.
+EXIT_UNKNOWN_ID = 4
 #: Statuses in display order.
 ORDER = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -56,28 +64,39 @@ def exit_code(r: StatusReport) -> int:
     return EXIT_OK if r.all_succeeded else EXIT_FAILED
 
 
-class LineDrawer:
-    """Redraws one status line on stderr (a terminal), or prints it when it changes."""
+def unknown_id_exit(exc: JobNotFound | BatchNotFound, as_json: bool) -> NoReturn:
+    """Say which id is no job or batch (as JSON with ``--json``) and exit :data:`EXIT_UNKNOWN_ID`."""
+    unknown = exc.job_id if isinstance(exc, JobNotFound) else exc.batch_id
+    message = f"no job or batch has the id {unknown!r}"
+    if as_json:
+        emit_json({"error": type(exc).__name__, "message": message, "id": unknown})
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_UNKNOWN_ID)
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = ""
 
-    def __call__(self, r: StatusReport) -> None:
-        """Show the report ``r``: redraw the line on a terminal, else print it when the counts change."""
-        if self.tty:
-            self.last = status_line(r)
-            click.echo("\r\x1b[2K" + self.last, nl=False, err=True)
-            return
-        key = status_line(r, eta=False)  # print when the counts change, not each new ETA
-        if key != self.last:
-            click.echo(status_line(r), err=True)
-            self.last = key
+def _target(ids: tuple[str, ...]) -> str | list[str]:
+    return ids[0] if len(ids) == 1 else list(ids)
 
-    def close(self) -> None:
-        """End the redrawn line with a newline (on a terminal)."""
-        if self.tty and self.last:
-            click.echo("", err=True)
+
+def _wait_json(client: Client, ids: tuple[str, ...], timeout_s: float | None, poll_s: float) -> NoReturn:
+    report = client.wait(_target(ids), timeout_s=timeout_s, poll_s=poll_s)
+    emit_json(report.to_dict())
+    sys.exit(exit_code(report))
+
+
+def _wait_shown(client: Client, ids: tuple[str, ...], timeout_s: float | None, poll_s: float) -> NoReturn:
+    from farm.cli.wait_view import MAX_LISTED, make_display  # (rich loads for farm wait only)
+    from farm.client.failures import unsuccessful_jobs
+
+    display = make_display(sys.stderr.isatty())
+    try:
+        report = client.wait(_target(ids), timeout_s=timeout_s, poll_s=poll_s, on_progress=display)
+    finally:
+        display.close()
+    unsuccessful = [] if report.all_succeeded else unsuccessful_jobs(client, ids, MAX_LISTED)
+    display.outcome(report, unsuccessful, timeout_s)
+    sys.exit(exit_code(report))
 
 
 def register(group: click.Group) -> None:
@@ -110,18 +129,18 @@ def register(group: click.Group) -> None:
              broker_url: str | None, as_json: bool) -> None:
         """Wait until every job of the IDs (jobs and/or batches) finished.
 
-        Exit 0 when all succeeded, 1 when any failed or was cancelled, 124 on timeout.
+        On a terminal a live display (bar, done/total, counts per status, ETA) fitted to its
+        width; else a plain line each time the counts change. Then, on stderr, the failed and
+        cancelled jobs (id and error, at most 20) and a summary; --json prints the final report on
+        stdout instead.
+
+        Exit codes: 0 every job succeeded; 1 a job failed or was cancelled; 124 the --timeout
+        passed first; 4 an ID is no job or batch; 2 bad usage or an ID that is not a UUID.
         """
-        drawer = None if as_json else LineDrawer()
         with open_client(database_url, broker_url) as client:
             try:
-                report = client.wait(ids[0] if len(ids) == 1 else list(ids), timeout_s=timeout_s, poll_s=poll_s,
-                                     on_progress=drawer)
-            finally:
-                if drawer is not None:
-                    drawer.close()
-        if as_json:
-            emit_json(report.to_dict())
-        elif report.timed_out:
-            click.echo(f"timed out after {timeout_s} s: {report.done}/{report.total} finished", err=True)
-        sys.exit(exit_code(report))
+                if as_json:
+                    _wait_json(client, ids, timeout_s, poll_s)
+                _wait_shown(client, ids, timeout_s, poll_s)
+            except (JobNotFound, BatchNotFound) as exc:
+                unknown_id_exit(exc, as_json)

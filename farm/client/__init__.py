@@ -18,7 +18,10 @@ Operations (all validate every input before writing or sending anything):
 * ``submit_batch(path_or_manifest, *, no_cache=False) -> BatchSubmission``;
 * ``status(id) -> StatusReport`` and ``wait(id, timeout_s=None, poll_s=1.0)`` (a job or a batch);
 * ``results(batch_id) -> list[dict]``; ``cancel(id) -> CancelReport``;
-  ``star(job_id, starred=True) -> bool``; ``sweep(job_id, radius) -> list[str]``;
+  ``star(job_id, starred=True) -> bool``; ``set_labels(job_id, labels) -> list[str]`` (the seed
+  library's review labels); ``sweep(job_id, radius) -> list[str]``;
+* ``list_jobs(batch_id=, status=, starred=, tag=, label=, prompt=, limit=, offset=)`` and
+  ``list_batches(limit=, offset=)`` (newest first);
 * ``rerender(job_id, wait=False, timeout_s=None) -> RerenderReport``;
   ``audit(batch_id=None) -> AuditReport``.
 

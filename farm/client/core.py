@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm.client import reports
 from farm.client.audit import audit_outputs, repair_item
+from farm.client.library import LibraryOps
 from farm.client.reads import ReadOps, check_id
 from farm.client.reports import (
     AuditReport,
@@ -113,7 +114,7 @@ def check_flag(value: object, field: str) -> bool:
     return value
 
 
-class Client(ReadOps):
+class Client(ReadOps, LibraryOps):
     """Producer operations on one ledger (and the broker and output store the settings name).
 
     ``Client()`` uses the process settings (``FARM_*``; with nothing set, the embedded ledger in

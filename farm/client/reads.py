@@ -9,12 +9,15 @@ Torch-free.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from farm.client.library import normalize_label
 from farm.errors import InvalidInput, OutputMissing, OutputNotReady
 from farm.ledger.status import JobStatus, parse_status
+from farm.spec import MAX_PROMPT_CHARS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS, TAG_KEY_PATTERN, has_control_chars
 
 if TYPE_CHECKING:
     from farm.ledger import Ledger
@@ -39,6 +42,47 @@ def check_id(value: object, field: str = "id") -> str:
     raise InvalidInput.one(field, "uuid", f"must be a job or batch id (a UUID), got {value!r}")
 
 
+def check_page(limit: object, offset: object, max_limit: int) -> None:
+    """A page of a list: ``limit`` in [1, max_limit], ``offset`` >= 0 (:class:`InvalidInput` naming which)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
+        raise InvalidInput.one("limit", "range", f"must be an integer in [1, {max_limit}], got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInput.one("offset", "non_negative", f"must be an integer >= 0, got {offset!r}")
+
+
+def parse_tag_filter(value: object) -> tuple[str, str | None]:
+    """A tag filter: ``"key=value"`` -> ``(key, value)``, ``"key"`` -> ``(key, None)``.
+
+    The key follows the spec's tag key rule (1-MAX_TAG_KEY_CHARS characters of A-Z a-z 0-9 _ . : / -), the
+    value the tag value rule (at most MAX_TAG_VALUE_CHARS characters, no control characters);
+    else :class:`InvalidInput` on field ``tag``, rule ``tag_filter``.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput.one("tag", "type", f"must be text, got {type(value).__name__}")
+    key, sep, tag_value = value.partition("=")
+    if not (0 < len(key) <= MAX_TAG_KEY_CHARS and re.match(TAG_KEY_PATTERN, key)):
+        raise InvalidInput.one("tag", "tag_filter", f"is KEY or KEY=VALUE; a key is 1-{MAX_TAG_KEY_CHARS} "
+                               f"characters of A-Z a-z 0-9 _ . : / -, got {key[:70]!r}")
+    if len(tag_value) > MAX_TAG_VALUE_CHARS or has_control_chars(tag_value):
+        raise InvalidInput.one("tag", "tag_filter", f"a tag value is at most {MAX_TAG_VALUE_CHARS} characters, "
+                               "no control characters")
+    return key, tag_value if sep else None
+
+
+def check_prompt_filter(value: object) -> str:
+    """A prompt filter: 1 to MAX_PROMPT_CHARS characters, no control characters but tab, newline and CR.
+
+    (:class:`InvalidInput` on field ``prompt``; a prompt never holds one, and Postgres refuses NUL.)
+    """
+    if not isinstance(value, str):
+        raise InvalidInput.one("prompt", "type", f"must be text, got {type(value).__name__}")
+    if not 0 < len(value) <= MAX_PROMPT_CHARS:
+        raise InvalidInput.one("prompt", "length", f"must be 1-{MAX_PROMPT_CHARS} characters, got {len(value)}")
+    if has_control_chars(value):
+        raise InvalidInput.one("prompt", "no_control_chars", "must not contain NUL or other control characters")
+    return value
+
+
 @dataclass(frozen=True)
 class Download:
     """A job's file to serve, its media type and a download name.
@@ -61,9 +105,14 @@ class BatchView:
     counts: dict[str, int]
 
     @property
+    def finished(self) -> int:
+        """How many of its jobs are in a terminal status (succeeded, failed, cancelled)."""
+        return sum(n for s, n in self.counts.items() if JobStatus(s).terminal)
+
+    @property
     def done(self) -> bool:
         """True when every job of the batch is in a terminal status."""
-        return sum(n for s, n in self.counts.items() if JobStatus(s).terminal) >= self.batch.job_count
+        return self.finished >= self.batch.job_count
 
 
 class ReadOps:
@@ -86,12 +135,16 @@ class ReadOps:
         return BatchView(batch, {s.value: n for s, n in self.ledger.batch_counts(batch.id).items()})
 
     def list_jobs(self, *, batch_id: str | None = None, status: str | None = None, starred: bool | None = None,
+                  tag: str | None = None, label: str | None = None, prompt: str | None = None,
                   limit: int = 100, offset: int = 0) -> list[JobRecord]:
-        """Jobs, newest first, optionally of one batch, in one status, starred or not."""
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidInput.one("limit", "range", f"must be 1-{MAX_LIST_LIMIT}, got {limit}")
-        if offset < 0:
-            raise InvalidInput.one("offset", "non_negative", f"must be >= 0, got {offset}")
+        """Jobs, newest first, filtered by every filter given.
+
+        ``batch_id`` (of one batch), ``status`` (in one status), ``starred`` (only starred /
+        only unstarred), ``tag`` (``"key=value"``: the spec tag ``key`` is ``value``; ``"key"``:
+        the job has that tag), ``label`` (carries this review label), ``prompt`` (the prompt
+        contains this text, ignoring case). :class:`~farm.errors.InvalidInput` names a bad one.
+        """
+        check_page(limit, offset, MAX_LIST_LIMIT)
         checked_status = None
         if status is not None:
             try:
@@ -99,8 +152,18 @@ class ReadOps:
             except ValueError as exc:
                 raise InvalidInput.one("status", "known_status", str(exc)) from None
         batch = None if batch_id is None else check_id(batch_id, "batch_id")
-        return self.ledger.list_jobs(batch_id=batch, status=checked_status, starred=starred, limit=limit,
-                                     offset=offset)
+        return self.ledger.list_jobs(
+            batch_id=batch, status=checked_status, starred=starred, limit=limit, offset=offset,
+            tag=None if tag is None else parse_tag_filter(tag),
+            label=None if label is None else normalize_label(label, "label"),
+            prompt=None if prompt is None else check_prompt_filter(prompt),
+        )
+
+    def list_batches(self, *, limit: int = 100, offset: int = 0) -> list[BatchView]:
+        """Batches, newest first, each with its job counts per status."""
+        check_page(limit, offset, MAX_LIST_LIMIT)
+        return [BatchView(batch, {s.value: n for s, n in counts.items()})
+                for batch, counts in self.ledger.list_batches(limit=limit, offset=offset)]
 
     def events(self, job_id: str) -> list[EventRecord]:
         """The job's event trail, oldest first."""

@@ -11,8 +11,8 @@ All database access goes through :class:`Ledger` (``farm.ledger.manager``). Modu
 * ``queueing`` — the farm's set-wise queries (dedup, enqueue, claim, workers), used by the gateway;
 * ``outputs`` — the stored outputs' integrity records (what the cache may answer from);
 * ``stats`` — aggregates for monitoring and the pace behind ETAs;
-* ``base``, ``reads``, ``manager`` — the gateway: connection and schema, reads, writes (one class,
-  :class:`Ledger`).
+* ``base``, ``reads``, ``library``, ``manager`` — the gateway: connection and schema, reads, stars and
+  review labels, writes (one class, :class:`Ledger`).
 """
 
 from farm.ledger.manager import Ledger

@@ -40,6 +40,7 @@ from farm.errors import (
 from farm.kinds import route_of
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
+from farm.ledger.library import LedgerLibrary
 from farm.ledger.models import batches, events, jobs, outputs
 from farm.ledger.reads import LedgerReads
 from farm.ledger.records import (
@@ -93,11 +94,12 @@ def _missing_table(error: sa_exc.DBAPIError) -> bool:
     return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE_SQLSTATE
 
 
-class Ledger(LedgerReads):
+class Ledger(LedgerReads, LedgerLibrary):
     """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres).
 
     It is :class:`~farm.ledger.base.LedgerBase` (connection, transactions, schema),
-    :class:`~farm.ledger.reads.LedgerReads` (every read) and, here, every write.
+    :class:`~farm.ledger.reads.LedgerReads` (every read),
+    :class:`~farm.ledger.library.LedgerLibrary` (stars and review labels) and, here, every other write.
 
     ``clock`` returns the current aware UTC time (tests pass a fake one). The constructor does no
     I/O; :meth:`from_settings` also makes sure the schema is usable.
@@ -722,34 +724,6 @@ class Ledger(LedgerReads):
             except IllegalTransition:
                 continue  # finished, cancelled or heartbeated since we looked
         return reaped
-
-    # -- annotations (no status change) --------------------------------------------------------
-    def set_starred(self, job_id: str, starred: bool) -> bool:
-        """Star or unstar a job (event "starred"/"unstarred").
-
-        Returns False, writing nothing, when the job already was in that state.
-        """
-        with self._write() as conn:
-            row = conn.execute(
-                select(jobs.c.status, jobs.c.starred).where(jobs.c.id == job_id).with_for_update()
-            ).first()
-            if row is None:
-                raise JobNotFound(job_id)
-            if bool(row.starred) == starred:
-                return False
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(starred=starred))
-            conn.execute(
-                insert(events).values(
-                    job_id=job_id,
-                    at=self._now(),
-                    from_status=row.status,
-                    to_status=row.status,
-                    kind="starred" if starred else "unstarred",
-                    worker=None,
-                    detail=None,
-                )
-            )
-            return True
 
     # -- models and workers --------------------------------------------------------------------
     def register_model(self, name: str, weights_fingerprint: str, *, worker: str | None) -> None:

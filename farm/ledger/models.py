@@ -123,6 +123,8 @@ jobs = Table(
     Column("cache_of_job_id", String(ID_CHARS), ForeignKey("jobs.id"), nullable=True),
     Column("tags", json_doc(), nullable=False),
     Column("starred", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    #: Review labels (the seed library's tags): a sorted JSON list of distinct lowercase labels.
+    Column("labels", json_doc(), nullable=False, server_default=text("'[]'")),
     Column("progress", Float, nullable=False, server_default=text("0")),
     #: Position in the manifest expansion (batch jobs only).
     Column("batch_index", Integer, nullable=True),

@@ -11,8 +11,9 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, literal, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from farm.errors import BatchNotFound, JobNotFound
 from farm.ledger import db, stats
@@ -23,6 +24,41 @@ from farm.ledger.models import batches, events, jobs, models, outputs, workers
 from farm.ledger.notify import DoneListener
 from farm.ledger.records import BatchRecord, EventRecord, JobRecord, OutputRecord, WorkerRecord
 from farm.ledger.status import JobStatus, parse_status
+
+#: LIKE's escape character, and the characters it escapes (the wildcards and itself).
+_LIKE_ESCAPE = "/"
+_LIKE_SPECIAL = frozenset("%_/")
+
+
+def _job_filters(*, batch_id: str | None, status: JobStatus | str | None, starred: bool | None,
+                 tag: tuple[str, str | None] | None, label: str | None,
+                 prompt: str | None) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of :meth:`LedgerReads.list_jobs` (the same SQL meaning on SQLite and Postgres).
+
+    Tags: a JSON path into ``jobs.tags`` (``json_extract`` on SQLite, ``->>`` on Postgres). Labels:
+    ``"label"`` (quotes included) in the JSON text of ``jobs.labels`` -- exact, because a label
+    never holds a quote, and LIKE's wildcards are escaped.
+    """
+    where: list[ColumnElement[bool]] = []
+    if batch_id is not None:
+        where.append(jobs.c.batch_id == batch_id)
+    if status is not None:
+        where.append(jobs.c.status == parse_status(str(status)).value)
+    if starred is not None:
+        where.append(jobs.c.starred == starred)
+    if tag is not None:
+        key, value = tag
+        found = jobs.c.tags[key].as_string()
+        where.append(found.is_not(None) if value is None else found == value)
+    if label is not None:
+        if '"' in label or "\\" in label:
+            raise ValueError("a label never holds a quote or a backslash")
+        where.append(cast(jobs.c.labels, Text).contains(f'"{label}"', autoescape=True))
+    if prompt is not None:
+        needle = "".join(_LIKE_ESCAPE + c if c in _LIKE_SPECIAL else c for c in prompt)
+        pattern = literal("%") + func.lower(literal(needle)) + literal("%")
+        where.append(func.lower(jobs.c.prompt).like(pattern, escape=_LIKE_ESCAPE))
+    return where
 
 
 class LedgerReads(LedgerBase):
@@ -60,24 +96,42 @@ class LedgerReads(LedgerBase):
         limit: int = 100,
         offset: int = 0,
         starred: bool | None = None,
+        *,
+        tag: tuple[str, str | None] | None = None,
+        label: str | None = None,
+        prompt: str | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first (ties by id).
+        """Jobs, newest first (ties by id), filtered by every filter given.
 
-        Optionally of one batch, one status and/or only the starred (``starred=True``) or only
-        the unstarred (``starred=False``) ones.
+        ``batch_id``: of one batch; ``status``: in one status; ``starred``: only the starred
+        (True) or only the unstarred (False); ``tag``: ``(key, value)`` whose spec tag ``key`` is
+        ``value``, or ``(key, None)`` that have the tag at all; ``label``: carrying this review
+        label; ``prompt``: whose prompt contains this text, ignoring case (the database's
+        ``lower()`` on both sides: ASCII letters on every backend, more where the database's
+        locale knows them; SQLite's knows ASCII only).
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
-        query = select(jobs)
-        if batch_id is not None:
-            query = query.where(jobs.c.batch_id == batch_id)
-        if status is not None:
-            query = query.where(jobs.c.status == parse_status(str(status)).value)
-        if starred is not None:
-            query = query.where(jobs.c.starred == starred)
+        query = select(jobs).where(*_job_filters(batch_id=batch_id, status=status, starred=starred, tag=tag,
+                                                 label=label, prompt=prompt))
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
         with self._read() as conn:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def list_batches(self, limit: int = 100, offset: int = 0) -> list[tuple[BatchRecord, dict[JobStatus, int]]]:
+        """Batches, newest first (ties by id), each with how many of its jobs are in each status (zeros too)."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        query = select(batches).order_by(batches.c.created_at.desc(), batches.c.id).limit(limit).offset(offset)
+        with self._read() as conn:
+            found = [BatchRecord.from_row(r) for r in conn.execute(query).mappings()]
+            counts: dict[str, dict[JobStatus, int]] = {b.id: dict.fromkeys(JobStatus, 0) for b in found}
+            for part in q.chunks(list(counts)):
+                per_status = (select(jobs.c.batch_id, jobs.c.status, func.count())
+                              .where(jobs.c.batch_id.in_(part)).group_by(jobs.c.batch_id, jobs.c.status))
+                for batch_id, status, n in conn.execute(per_status):
+                    counts[batch_id][JobStatus(status)] = int(n)
+        return [(b, counts[b.id]) for b in found]
 
     def get_batch(self, batch_id: str) -> BatchRecord:
         """The batch ``batch_id``; :class:`BatchNotFound` when there is none."""

@@ -149,11 +149,14 @@ class JobRecord:
     allow_degrade: bool = False
     #: Why it rendered degraded (None: as asked). A degraded output never answers another job.
     degraded_reason: str | None = None
+    #: Review labels (the seed library's tags), sorted, no duplicates.
+    labels: list[str] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
         """The record of a ``jobs`` row."""
         data = {f.name: row[f.name] for f in fields(cls)}
+        data["labels"] = list(data["labels"] or [])
         data["status"] = JobStatus(data["status"])
         data["starred"] = bool(data["starred"])
         data["no_cache"] = bool(data["no_cache"])

@@ -94,5 +94,5 @@ def test_the_readme_recipe_runs_as_written(tmp_path: Path, database: str) -> Non
     rows = [r for r in rows if r.get("batch_id") and r["batch_id"] == rows[0]["batch_id"]]
     assert len(rows) == 33, (len(rows), out[:3000])
     assert {r["status"] for r in rows} == {"succeeded"}, rows[:2]
-    assert all(Path(r["output"]).is_file() for r in rows)
+    assert all(Path(r["video"]).is_file() and Path(r["poster"]).is_file() for r in rows)
     assert "done" in err  # farm wait's last line

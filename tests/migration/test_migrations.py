@@ -46,7 +46,7 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0005", "0004", "0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == ["0006", "0005", "0004", "0003", "0002", "0001"]
     assert all(not r.is_merge_point for r in revisions)
     assert db.MIGRATIONS_DIR.is_dir() and (db.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -236,9 +236,8 @@ def test_upgrade_to_0005_adds_routing_and_degradation_columns(empty_engine: Engi
     with empty_engine.begin() as conn:
         conn.execute(workers.insert().values(name="old@h", host="h", device="cuda:0", pid=1, state="idle",
                                              started_at=at, last_seen_at=at))
-    db.upgrade(empty_engine)
+    db.upgrade(empty_engine, "0005")
     assert db.current_revision(empty_engine) == "0005"
-    assert _diff(empty_engine, metadata) == []
     workers = Table("workers", MetaData(), autoload_with=empty_engine)
     with empty_engine.begin() as conn:
         row = conn.execute(select(workers.c.models, workers.c.tags)).one()
@@ -248,3 +247,20 @@ def test_upgrade_to_0005_adds_routing_and_degradation_columns(empty_engine: Engi
     db.downgrade(empty_engine, "0004")
     assert not {"allow_degrade", "degraded_reason"} & {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
     assert "models" not in {c["name"] for c in inspect(empty_engine).get_columns("workers")}
+
+
+def test_upgrade_to_0006_gives_existing_jobs_no_labels(empty_engine: Engine) -> None:
+    """``jobs.labels``: a JSON list, never NULL; jobs recorded before it have none."""
+    db.upgrade(empty_engine, "0001")
+    _insert_0001_job(empty_engine, "old-job", seed=3)
+    db.upgrade(empty_engine, "0005")
+    assert "labels" not in {c["name"] for c in inspect(empty_engine).get_columns("jobs")}
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == "0006"
+    assert _diff(empty_engine, metadata) == []
+    jobs = Table("jobs", MetaData(), autoload_with=empty_engine)
+    with empty_engine.begin() as conn:
+        assert conn.execute(select(jobs.c.labels).where(jobs.c.id == "old-job")).scalar_one() == []
+    assert not {c["name"]: c for c in inspect(empty_engine).get_columns("jobs")}["labels"]["nullable"]
+    db.downgrade(empty_engine, "0005")
+    assert "labels" not in {c["name"] for c in inspect(empty_engine).get_columns("jobs")}

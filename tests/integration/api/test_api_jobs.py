@@ -28,7 +28,8 @@ BAD_REQUESTS: list[tuple[str, str, str]] = [
     ('{"prompt": 7, "seed": 1}', "prompt", "type"),
     ('{"prompt": "a fox", "width": 33}', "width", "multiple_of_16"),
     ('{"prompt": "a fox", "width": 4096}', "width", "size_bounds"),
-    ('{"prompt": "a fox", "height": 33.0}', "height", "type"),
+    ('{"prompt": "a fox", "height": 32.5}', "height", "type"),
+    ('{"prompt": "a fox", "height": 40.0}', "height", "multiple_of_16"),  # a whole JSON number is an integer
     ('{"prompt": "a fox", "num_frames": 8}', "num_frames", "frames_4k_plus_1"),
     ('{"prompt": "a fox", "guidance_scale": 1e999}', "guidance_scale", "finite"),
     ('{"prompt": "a fox", "guidance_scale": -1e999}', "guidance_scale", "finite"),
@@ -103,7 +104,7 @@ def test_every_problem_is_listed_even_with_an_unknown_field(
     assert_nothing_written(pg_url, redis_server)
 
     # the same with a wrong JSON type, a missing prompt and a bad Idempotency-Key on top
-    body = {"seed": 1, "colour": "red", "width": 33, "steps": 0, "height": 32.0}
+    body = {"seed": 1, "colour": "red", "width": 33, "steps": 0, "height": 32.5}
     r = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k" * 201})
     assert r.status_code == 422, r.text
     assert sorted(problems(r)) == [
