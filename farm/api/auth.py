@@ -15,7 +15,8 @@
   ``/docs``) and any ``/ui`` request (where every state-changing one must also carry the
   session's CSRF token). It never opens a ``/v1`` write: those need the bearer token, so a
   cross-site form cannot submit, cancel or promote with a logged-in browser's cookie.
-  ``/ui/login`` is public; any other ``/ui`` request without a session is redirected to it (303).
+  ``/ui/login`` is public; any other ``/ui`` request, and ``/docs`` or ``/redoc``, without a session
+  (or a token) is redirected to it (303), so a browser lands on the login form, not on a 401.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ INSECURE_FLAG = "--insecure-local"
 #: The review room: its path prefix and its login page (public: it takes the token).
 UI_PREFIX = "/ui"
 LOGIN_PATH = "/ui/login"
+#: Pages a person opens in a browser outside /ui: without a session they redirect to the login page too.
+DOCS_PATHS: frozenset[str] = frozenset({"/docs", "/redoc"})
 #: Methods a session cookie opens on any path (reads only).
 SAFE_METHODS: frozenset[str] = frozenset({"GET", "HEAD"})
 
@@ -169,7 +172,8 @@ class BearerAuthMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        if self._sessions is not None and is_ui_path(scope.get("path", "")):
+        path = scope.get("path", "")
+        if self._sessions is not None and (is_ui_path(path) or path in DOCS_PATHS):
             headers, body = _login_redirect(scope)
             await send({"type": "http.response.start", "status": 303, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -48,3 +48,25 @@ def test_the_wheel_migrates_an_empty_database(tmp_path: Path, pg_empty_url: str)
     light = run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('torch'))"],
                 cwd=away, env=env)
     assert light.stdout.strip() == "None"  # a producer install: no torch
+    # the review room's templates and static files ship in the wheel: the installed app serves them
+    served = run([str(venv / "bin" / "python"), "-c", _SERVE_REVIEW_PAGES], cwd=away,
+                 env={**env, "FARM_DATA_DIR": str(tmp_path / "data"), "FARM_API_TOKEN": "wheel-test-" + "x" * 16})
+    assert served.stdout.split() == ["login", "200", "css", "200", "js", "200", "docs", "303"], served.stdout
+
+
+#: Run by the installed wheel's Python: the login page, the page's CSS/JS after logging in, /docs without a session.
+_SERVE_REVIEW_PAGES = """
+import re
+from fastapi.testclient import TestClient
+from farm.api.app import create_app
+with TestClient(create_app(), base_url="http://127.0.0.1") as c:
+    page = c.get("/ui/login")
+    print("login", page.status_code if "csrf" in page.text or "token" in page.text else "no-form")
+    c.post("/ui/login", data={"token": "wheel-test-" + "x" * 16}, follow_redirects=False)
+    css = [u for u in re.findall(r'(?:href|src)="([^"]+)"', c.get("/ui/").text) if u.endswith((".css", ".js"))]
+    for suffix, name in ((".css", "css"), (".js", "js")):
+        url = next(u for u in css if u.endswith(suffix))
+        print(name, c.get(url).status_code)
+with TestClient(create_app(), base_url="http://127.0.0.1") as anon:
+    print("docs", anon.get("/docs", follow_redirects=False).status_code)
+"""

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from farm.api.app import create_app
-from farm.api.auth import MIN_TOKEN_CHARS, ApiConfigError, bearer_token, startup_token, token_matches
+from farm.api.auth import DOCS_PATHS, MIN_TOKEN_CHARS, ApiConfigError, bearer_token, startup_token, token_matches
 from farm.settings import Settings
 
 FARM = str(Path(sys.executable).with_name("farm"))
@@ -68,10 +68,15 @@ def test_every_route_but_the_probes_requires_the_token(anon: TestClient, redis_s
     assert set(routes) >= EXPECTED
     for method, path in routes:
         for headers in BAD_HEADERS:
-            r = anon.request(method, concrete(path), headers=headers, json={"prompt": "a fox", "seed": 1})
+            r = anon.request(method, concrete(path), headers=headers, json={"prompt": "a fox", "seed": 1},
+                             follow_redirects=False)
             if path in ("/healthz", "/readyz"):  # the probes: no token, no details beyond ok/unavailable
                 assert r.status_code == 200, (method, path)
                 assert set(r.json()) <= {"status", "ledger", "broker"} and TOKEN not in r.text
+                continue
+            if path in DOCS_PATHS:  # a browser's page: sent to the login form, shown nothing of the docs
+                assert r.status_code == 303, (method, path, headers, r.status_code)
+                assert r.headers["location"] == f"/ui/login?next=%2F{path[1:]}" and "swagger" not in r.text.lower()
                 continue
             assert r.status_code == 401, (method, path, headers, r.status_code)
             assert r.headers["www-authenticate"].startswith("Bearer")

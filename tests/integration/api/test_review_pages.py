@@ -132,8 +132,10 @@ def test_every_ui_page_redirects_to_the_login_form_without_a_session(
     form = browser.get("/ui/login")
     assert form.status_code == 200 and 'name="token"' in form.text and 'type="password"' in form.text
     assert "/ui/static/" not in form.text
-    # the API's own pages answer 401 to a browser without a session (no redirect: nothing changed there)
-    assert browser.get("/docs").status_code == 401
+    # the API docs send a browser without a session to the login form; the API itself answers 401
+    for docs in ("/docs", "/redoc"):
+        r = browser.get(docs)
+        assert r.status_code == 303 and r.headers["location"] == f"/ui/login?next=%2F{docs[1:]}", docs
     assert browser.get(f"/v1/jobs/{job.id}").status_code == 401
 
 
