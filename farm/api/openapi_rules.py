@@ -42,6 +42,7 @@ from farm.api.patterns import (
     not_blank_pattern,
     python_end_as_ecma,
 )
+from farm.api.routes import IDEMPOTENCY_HEADER
 from farm.client.core import MAX_IDEMPOTENCY_KEY_CHARS
 from farm.client.library import MAX_LABEL_CHARS, MAX_LABELS
 from farm.profiles import PROFILES, SAMPLERS, ModelProfile
@@ -66,8 +67,6 @@ from farm.spec import (
     TAG_KEY_PATTERN,
 )
 
-#: The header an idempotent request names itself with (as in :mod:`farm.api.routes`).
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Fields only two-expert models take.
 TWO_EXPERT_FIELDS = ("guidance_scale_2", "boundary_ratio")
 _NULL = {"type": "null"}
