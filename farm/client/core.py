@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -509,9 +509,20 @@ class Client(ReadOps, LibraryOps):
                     interval = min(interval * 2, poll_s)
                 elif listener.wait(pending, pause):
                     interval = poll_s if told_only else first
+                    told = self._told(any_id, report, listener.final)
+                    if told is not None:  # one job, and the announcement said how it ended: no read
+                        report = told
+                        continue
                 else:
                     interval = min(interval * 2, poll_s)
                 report = self._read_status(any_id)
+
+    @staticmethod
+    def _told(any_id: str | Sequence[str], report: StatusReport, final: Mapping[str, Any]) -> StatusReport | None:
+        """The final report of a one-job wait from its announcement (None: read it)."""
+        if report.kind != "job" or not isinstance(any_id, str) or report.id not in final:
+            return None
+        return reports.final_job_status(report.id, final[report.id])
 
     def _read_status(self, any_id: str | Sequence[str]) -> StatusReport:
         self.status_reads += 1

@@ -177,13 +177,20 @@ def group_status(group_id: str, kind: str, pace: Pace, now: datetime) -> StatusR
     return StatusReport(group_id, kind, total, by_name, progress, pace_eta(total, work, pace, now))
 
 
+def final_job_status(job_id: str, status: Any) -> StatusReport:
+    """The report of a job in the final ``status`` (all that :func:`job_status` says of such a job)."""
+    counts = {s: 0 for s in STATUSES}
+    counts[_status(status)] = 1
+    return StatusReport(job_id, "job", 1, counts, 1.0, 0.0)
+
+
 def job_status(job: JobRecord, now: datetime) -> StatusReport:
     """One job's report (its ETA from its own progress since it started)."""
     status = _status(job.status)
+    if status in TERMINAL_STATUSES:
+        return final_job_status(job.id, status)
     counts = {s: 0 for s in STATUSES}
     counts[status] = 1
-    if status in TERMINAL_STATUSES:
-        return StatusReport(job.id, "job", 1, counts, 1.0, 0.0)
     eta = None
     if status == "running" and job.started_at is not None:
         eta = eta_seconds(1, job.progress, (now - job.started_at).total_seconds())

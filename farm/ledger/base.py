@@ -42,6 +42,11 @@ class LedgerBase:
                  pre_ping: bool = True):
         self.url = url
         self._engine: Engine = db.make_engine(url, echo=echo, pre_ping=pre_ping)
+        #: The same pool, each connection in autocommit (Postgres only): see :meth:`_read`, :meth:`_write_one`.
+        self._autocommit: Engine | None = (
+            self._engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._engine.dialect.name == "postgresql" else None
+        )
         self._clock = clock or utcnow
         #: One kept done-listener between waits (see :meth:`farm.ledger.reads.LedgerReads.listen`).
         self._idle_listener: Any = None
@@ -120,8 +125,31 @@ class LedgerBase:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._guard(), self._engine.connect() as conn, conn.begin():
-            yield conn
+        """Reads.
+
+        Postgres: without a transaction (autocommit). At READ COMMITTED each statement sees its
+        own snapshot in a transaction too, so ``BEGIN`` and ``COMMIT`` would only add two round
+        trips. SQLite: a read transaction (one snapshot for all its statements).
+        """
+        if self._autocommit is None:
+            with self._guard(), self._engine.connect() as conn, conn.begin():
+                yield conn
+        else:
+            with self._guard(), self._autocommit.connect() as conn:
+                yield conn
+
+    @contextmanager
+    def _write_one(self) -> Iterator[Connection]:
+        """A write that is ONE statement on Postgres, atomic on its own: run without ``BEGIN``/``COMMIT``.
+
+        SQLite (where the same change may take several statements): a write transaction.
+        """
+        if self._autocommit is None:
+            with self._write() as conn:
+                yield conn
+        else:
+            with self._guard(), self._autocommit.connect() as conn:
+                yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

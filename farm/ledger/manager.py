@@ -22,26 +22,28 @@ Errors: connection and operational failures become :class:`~farm.errors.LedgerUn
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import case, insert, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
 
 from farm.errors import (
+    FarmError,
     IllegalTransition,
     JobNotFound,
 )
 from farm.kinds import route_of
+from farm.ledger import onestep
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
 from farm.ledger.library import LedgerLibrary
-from farm.ledger.models import batches, events, jobs, outputs
+from farm.ledger.models import batches, events, jobs
 from farm.ledger.reads import LedgerReads
 from farm.ledger.records import (
     Admission,
@@ -49,12 +51,14 @@ from farm.ledger.records import (
     EventRecord,
     JobRecord,
     NewJob,
-    OutputMark,
     WorkerRecord,
     new_id,
 )
 from farm.ledger.status import PRIORITIES, JobStatus, allowed_from, parse_status
+from farm.ledger.upkeep import LedgerUpkeep
 from farm.settings import DEFAULT_MAX_ATTEMPTS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "BatchRecord", "EventRecord", "JobRecord", "Ledger", "NewJob", "WorkerRecord"]
 
@@ -64,6 +68,8 @@ MAX_ERROR_MESSAGE_CHARS = 10_000
 LEASE_EXPIRED_ERROR = "LeaseExpired"
 #: Longest event kind (the column's size; SQLite would not enforce it).
 MAX_EVENT_KIND_CHARS = 32
+#: Most leaders one reaper pass settles the stranded followers of.
+STRANDED_LIMIT = 100
 #: Columns a transition may not set through ``**fields``.
 _PROTECTED_COLUMNS = frozenset({"id", "status"})
 _UNDEFINED_TABLE_SQLSTATE = "42P01"
@@ -94,12 +100,13 @@ def _missing_table(error: sa_exc.DBAPIError) -> bool:
     return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE_SQLSTATE
 
 
-class Ledger(LedgerReads, LedgerLibrary):
+class Ledger(LedgerReads, LedgerLibrary, LedgerUpkeep):
     """The gateway to the ledger database at ``url`` (any SQLAlchemy URL; SQLite or Postgres).
 
     It is :class:`~farm.ledger.base.LedgerBase` (connection, transactions, schema),
     :class:`~farm.ledger.reads.LedgerReads` (every read),
-    :class:`~farm.ledger.library.LedgerLibrary` (stars and review labels) and, here, every other write.
+    :class:`~farm.ledger.library.LedgerLibrary` (stars and review labels),
+    :class:`~farm.ledger.upkeep.LedgerUpkeep` (output marks, models, workers) and, here, every other write.
 
     ``clock`` returns the current aware UTC time (tests pass a fake one). The constructor does no
     I/O; :meth:`from_settings` also makes sure the schema is usable.
@@ -120,8 +127,11 @@ class Ledger(LedgerReads, LedgerLibrary):
         if not new_jobs:
             return Admission([], [], {}, {})
         with self._write() as conn:
-            q.lock_dedup(conn)
-            return self._insert_jobs(conn, new_jobs, output_ok, mark_sent)
+            # Dedup reads need the lock before them; jobs that all skip the cache only at their insert.
+            lock_first = all(j.no_cache for j in new_jobs)
+            if not lock_first:
+                q.lock_dedup(conn)
+            return self._insert_jobs(conn, new_jobs, output_ok, mark_sent, lock_dedup_first=lock_first)
 
     def add_jobs(self, new_jobs: Sequence[NewJob], *, output_ok: o.OutputFilter | None = None) -> list[str]:
         """:meth:`admit`, returning the job ids."""
@@ -191,11 +201,11 @@ class Ledger(LedgerReads, LedgerLibrary):
             q.confirm_sent(conn, batch_id, through)
 
     def _insert_jobs(self, conn: Connection, new_jobs: Sequence[NewJob], output_ok: o.OutputFilter | None,
-                     mark_sent: bool) -> Admission:
-        """Insert with dedup, inside a write transaction that holds the dedup lock."""
+                     mark_sent: bool, *, lock_dedup_first: bool = False) -> Admission:
+        """Insert with dedup, inside a write transaction that holds the dedup lock (or takes it at the insert)."""
         now = self._now()
         plan = q.plan_dedup(conn, new_jobs, output_ok)
-        q.insert_jobs(conn, new_jobs, plan, now, mark_sent=mark_sent)
+        q.insert_jobs(conn, new_jobs, plan, now, mark_sent=mark_sent, lock_dedup_first=lock_dedup_first)
         hits = [(j.id, d.original) for j, d in zip(new_jobs, plan, strict=True) if d.original is not None]
         self._answer_queued(conn, hits)
         return Admission(
@@ -230,8 +240,11 @@ class Ledger(LedgerReads, LedgerLibrary):
                 return
             self._answer_queued(conn, [(follower, original) for follower in followers])
 
-    def _release_followers(self, conn: Connection, leader_id: str, status: JobStatus) -> None:
-        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+    def _settle_followers(self, conn: Connection, leader_id: str, status: JobStatus) -> None:
+        """The leader reached a final status: answer its queued followers (success) or release them."""
+        if status is JobStatus.SUCCEEDED:
+            self._resolve_followers(conn, leader_id)
+        elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
             q.release_followers(conn, leader_id, leader_status=status, now=self._now())
 
     # -- enqueue bookkeeping -------------------------------------------------------------------
@@ -250,41 +263,6 @@ class Ledger(LedgerReads, LedgerLibrary):
             return
         with self._write() as conn:
             q.mark_enqueued(conn, job_ids, self._now())
-
-    # -- outputs -------------------------------------------------------------------------------
-    def mark_outputs(self, marks: Sequence[OutputMark]) -> list[str]:
-        """Record what output checks found; return the URIs whose state changed.
-
-        ``ok`` refreshes the verified stamp; ``missing`` and ``corrupt`` keep the cache off the
-        file. Each change is an event on the jobs that point at it. See
-        :mod:`farm.ledger.outputs`.
-        """
-        if not marks:
-            return []
-        with self._write() as conn:
-            return o.mark(conn, marks, self._now())
-
-    def replace_output_hash(self, uri: str, file_sha256: str, *, reason: str) -> list[str]:
-        """A repair wrote new bytes for the same frames (another ffmpeg build).
-
-        The output's and its jobs' ``file_sha256`` become the new file's (each job gets an
-        ``output-rewritten`` event with the old and new hash). Returns the ids of the jobs changed.
-        """
-        now = self._now()
-        with self._write() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.file_sha256).where(
-                    jobs.c.output_uri == uri, jobs.c.status == JobStatus.SUCCEEDED.value,
-                    jobs.c.file_sha256 != file_sha256)
-            ).all()
-            for job_id, old in rows:
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(file_sha256=file_sha256))
-                conn.execute(insert(events).values(
-                    job_id=job_id, at=now, from_status=JobStatus.SUCCEEDED.value,
-                    to_status=JobStatus.SUCCEEDED.value, kind="output-rewritten", worker=None,
-                    detail={"uri": uri, "old_file_sha256": old, "new_file_sha256": file_sha256, "reason": reason}))
-            conn.execute(update(outputs).where(outputs.c.uri == uri).values(file_sha256=file_sha256))
-            return [job_id for job_id, _ in rows]
 
     # -- the one door for status changes -------------------------------------------------------
     def transition(
@@ -307,9 +285,6 @@ class Ledger(LedgerReads, LedgerLibrary):
         with self._write() as conn:
             q.lock_dedup(conn, shared=True)
             self._transition(conn, job_id, target, kind=kind, worker=worker, detail=detail, fields=fields)
-            if target is JobStatus.SUCCEEDED:
-                self._resolve_followers(conn, job_id)
-            self._release_followers(conn, job_id, target)
             return self._job(conn, job_id)
 
     def _transition(
@@ -323,48 +298,32 @@ class Ledger(LedgerReads, LedgerLibrary):
         detail: Mapping[str, Any] | None,
         fields: Mapping[str, Any],
         only_from: Collection[JobStatus] | None = None,
-        guard: ColumnElement[bool] | None = None,
+        guard: onestep.Guard | None = None,
     ) -> JobRecord | None:
         """The status change itself, inside the caller's write transaction.
 
         ``only_from`` narrows the allowed sources; ``guard`` is an extra condition of the UPDATE
         (e.g. ownership). Any exception raised here rolls the whole transaction back. Returns the
-        changed row when the UPDATE gave it back (one allowed source), else None.
+        changed row when the UPDATE gave it back (one allowed source), else None. A final status
+        settles the job's queued followers (answered from a success, released by a failure or a
+        cancel): the caller holds the dedup lock. On Postgres a change with one allowed source is
+        ONE statement (:mod:`farm.ledger.onestep`).
         """
         _check_change(fields, kind)
         allowed = allowed_from(to)
         if only_from is not None:
             allowed = allowed & frozenset(only_from)
-        if len(allowed) == 1:
-            # One possible source: the conditional UPDATE alone checks, locks and changes the row.
-            [current] = allowed
-            conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
-            if guard is not None:
-                conditions.append(guard)
-            statement = update(jobs).where(*conditions).values(status=to.value, **fields).returning(*jobs.c)
-            changed = conn.execute(statement).mappings().first()
-            if changed is None:
-                found = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
-                if found is None:
-                    raise JobNotFound(job_id)
-                raise IllegalTransition(job_id, found.status, to.value)
-            record: JobRecord | None = JobRecord.from_row(changed)
-        else:
-            # Lock the row (Postgres; SQLite's write transaction already holds the database lock).
-            row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()).first()
+        if len(allowed) == 1 and conn.dialect.name == "postgresql":
+            [source] = allowed
+            statement, params = onestep.transition(job_id, source, to, fields=fields, guard=guard, at=self._now(),
+                                                   kind=kind, worker=worker, detail=detail)
+            row = conn.execute(statement, params).mappings().first()
             if row is None:
-                raise JobNotFound(job_id)
-            current = JobStatus(row.status)
-            if current not in allowed:
-                raise IllegalTransition(job_id, current.value, to.value)
-            # Conditional on the status we checked (current is one of the allowed sources).
-            conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
-            if guard is not None:
-                conditions.append(guard)
-            result = conn.execute(update(jobs).where(*conditions).values(status=to.value, **fields))
-            if result.rowcount != 1:
-                raise IllegalTransition(job_id, current.value, to.value)
-            record = None
+                self._refuse(conn, job_id, to)
+            if to.terminal and row[onestep.FOLLOWERS]:
+                self._settle_followers(conn, job_id, to)
+            return JobRecord.from_row(row)
+        current, record = self._change_row(conn, job_id, allowed, to, fields, guard)
         conn.execute(
             insert(events).values(
                 job_id=job_id,
@@ -377,8 +336,47 @@ class Ledger(LedgerReads, LedgerLibrary):
             )
         )
         if to.terminal:
-            q.notify_done(conn, [job_id])
+            q.notify_done(conn, [job_id], to)
+            self._settle_followers(conn, job_id, to)
         return record
+
+    def _change_row(self, conn: Connection, job_id: str, allowed: frozenset[JobStatus], to: JobStatus,
+                    fields: Mapping[str, Any], guard: onestep.Guard | None) -> tuple[JobStatus, JobRecord | None]:
+        """The conditional UPDATE of :meth:`_transition` (statement by statement): the source, the new row if known."""
+        params = {} if guard is None else dict(guard.params)
+        if len(allowed) == 1:
+            # One possible source: the conditional UPDATE alone checks, locks and changes the row.
+            [current] = allowed
+            conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
+            if guard is not None:
+                conditions.append(guard.clause)
+            statement = update(jobs).where(*conditions).values(status=to.value, **fields).returning(*jobs.c)
+            changed = conn.execute(statement, params).mappings().first()
+            if changed is None:
+                self._refuse(conn, job_id, to)
+            return current, JobRecord.from_row(changed)
+        # Lock the row (Postgres; SQLite's write transaction already holds the database lock).
+        row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        current = JobStatus(row.status)
+        if current not in allowed:
+            raise IllegalTransition(job_id, current.value, to.value)
+        # Conditional on the status we checked (current is one of the allowed sources).
+        conditions = [jobs.c.id == job_id, jobs.c.status == current.value]
+        if guard is not None:
+            conditions.append(guard.clause)
+        if conn.execute(update(jobs).where(*conditions).values(status=to.value, **fields), params).rowcount != 1:
+            raise IllegalTransition(job_id, current.value, to.value)
+        return current, None
+
+    @staticmethod
+    def _refuse(conn: Connection, job_id: str, to: JobStatus) -> NoReturn:
+        """The conditional UPDATE matched nothing: :class:`JobNotFound` or :class:`IllegalTransition`."""
+        found = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+        if found is None:
+            raise JobNotFound(job_id)
+        raise IllegalTransition(job_id, found.status, to.value)
 
     def _transition_many(self, conn: Connection, source: JobStatus, to: JobStatus, *, kind: str, worker: str | None,
                          changes: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]) -> None:
@@ -410,7 +408,7 @@ class Ledger(LedgerReads, LedgerLibrary):
             for job_id, _, detail in changes
         ])
         if to.terminal:
-            q.notify_done(conn, [job_id for job_id, _, _ in changes])
+            q.notify_done(conn, [job_id for job_id, _, _ in changes], to)
 
     # -- worker life cycle ---------------------------------------------------------------------
     def claim(self, job_id: str, *, worker_host: str, worker_device: str, lease_s: float) -> JobRecord | None:
@@ -422,7 +420,7 @@ class Ledger(LedgerReads, LedgerLibrary):
         if lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         try:
-            with self._write() as conn:
+            with self._write_one() as conn:  # (the claim is one statement on Postgres)
                 claimed = self._claim(conn, job_id, worker_host=worker_host, worker_device=worker_device,
                                       lease_s=lease_s)
                 return claimed or self._job(conn, job_id)
@@ -436,7 +434,7 @@ class Ledger(LedgerReads, LedgerLibrary):
             conn, job_id, JobStatus.RUNNING, kind="claimed", worker=worker_host,
             detail={"device": worker_device, "lease_s": lease_s},
             fields={
-                "attempts": jobs.c.attempts + 1,
+                "attempts": onestep.ATTEMPT_TAKEN,
                 "worker_host": worker_host,
                 "worker_device": worker_device,
                 "lease_expires_at": now + timedelta(seconds=lease_s),
@@ -446,7 +444,7 @@ class Ledger(LedgerReads, LedgerLibrary):
                 "progress": 0.0,
             },
             only_from={JobStatus.QUEUED},
-            guard=jobs.c.cache_of_job_id.is_(None),
+            guard=onestep.NOT_A_FOLLOWER,
         )
 
     def claim_more(self, compat_key: str, *, limit: int, worker_host: str, worker_device: str, lease_s: float,
@@ -483,13 +481,13 @@ class Ledger(LedgerReads, LedgerLibrary):
                     conn, job_id, JobStatus.QUEUED, kind="released", worker=worker_host,
                     detail={"reason": reason},
                     fields={
-                        "attempts": case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                        "attempts": onestep.ATTEMPT_GIVEN_BACK,
                         "enqueued_at": None,
                         "lease_expires_at": None,
                         "progress": 0.0,
                     },
                     only_from={JobStatus.RUNNING},
-                    guard=jobs.c.worker_host == worker_host,
+                    guard=onestep.owned_by(worker_host),
                 )
                 return self._job(conn, job_id)
         except IllegalTransition:
@@ -523,8 +521,9 @@ class Ledger(LedgerReads, LedgerLibrary):
         with self._write() as conn:
             return conn.execute(query).rowcount == 1
 
-    def _owner_guard(self, worker_host: str | None) -> ColumnElement[bool] | None:
-        return None if worker_host is None else jobs.c.worker_host == worker_host
+    @staticmethod
+    def _owner_guard(worker_host: str | None) -> onestep.Guard | None:
+        return None if worker_host is None else onestep.owned_by(worker_host)
 
     def record_success(
         self,
@@ -544,41 +543,94 @@ class Ledger(LedgerReads, LedgerLibrary):
         """Running -> succeeded with the render's results.
 
         With ``worker_host``, only if that worker still owns the job (else
-        :class:`IllegalTransition`, nothing written). The job's queued followers are answered
-        from it in the same transaction. The output is recorded ``ok`` (verified now: its
-        writer just wrote or checked it). ``degraded_reason``: it rendered at degraded settings
-        (event "degraded" first; it answers no cache hit and no follower).
+        :class:`IllegalTransition`, nothing written). The output is recorded ``ok`` (verified now:
+        its writer just wrote or checked it) and the job's queued followers are answered from it.
+        ``degraded_reason``: it rendered at degraded settings (event "degraded" first; it answers
+        no cache hit and no follower).
+
+        On Postgres (a render as asked) the success — output row, job, event, announcement — is
+        ONE statement committed on its own, so a producer waiting for the job is told at once; the
+        followers are settled right after it (:meth:`_settle_after_commit`), and the reaper settles
+        those of a worker that died in between (:meth:`settle_stranded_followers`). Otherwise one
+        transaction does it all.
         """
+        now = self._now()
+        detail = {"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256}
+        fields = {
+            "output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256,
+            "effective_params": dict(effective_params), "weights_fingerprint": weights_fingerprint,
+            "env_fingerprint": dict(env_fingerprint), "timings": dict(timings), "finished_at": now,
+            "lease_expires_at": None, "progress": 1.0, "error_type": None, "error_message": None,
+            "degraded_reason": degraded_reason,
+        }
+        if self._autocommit is not None and degraded_reason is None:
+            output = {"uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256,
+                      "size_bytes": size_bytes, "state": o.OK, "verified_at": now, "checked_at": now, "detail": None}
+            return self._succeed_in_one(job_id, fields, detail, output, worker_host)
         with self._write() as conn:
-            q.lock_dedup(conn, shared=True)
+            # (the statement that records the output takes the shared dedup lock first)
             o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
-                             size_bytes=size_bytes, now=self._now())
+                             size_bytes=size_bytes, now=now, lock_dedup=True)
             if degraded_reason is not None:
                 q.record_degraded(conn, job_id, reason=degraded_reason, effective=effective_params,
-                                  worker=worker_host, now=self._now())
+                                  worker=worker_host, now=now)
             record = self._transition(
-                conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host,
-                detail={"output_uri": output_uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256},
-                fields={
-                    "output_uri": output_uri,
-                    "file_sha256": file_sha256,
-                    "frames_sha256": frames_sha256,
-                    "effective_params": dict(effective_params),
-                    "weights_fingerprint": weights_fingerprint,
-                    "env_fingerprint": dict(env_fingerprint),
-                    "timings": dict(timings),
-                    "finished_at": self._now(),
-                    "lease_expires_at": None,
-                    "progress": 1.0,
-                    "error_type": None,
-                    "error_message": None,
-                    "degraded_reason": degraded_reason,
-                },
-                only_from={JobStatus.RUNNING},
-                guard=self._owner_guard(worker_host),
+                conn, job_id, JobStatus.SUCCEEDED, kind="succeeded", worker=worker_host, detail=detail,
+                fields=fields, only_from={JobStatus.RUNNING}, guard=self._owner_guard(worker_host),
             )
-            self._resolve_followers(conn, job_id)
             return record or self._job(conn, job_id)
+
+    def _succeed_in_one(self, job_id: str, fields: Mapping[str, Any], detail: Mapping[str, Any],
+                        output: Mapping[str, Any], worker_host: str | None) -> JobRecord:
+        """:meth:`record_success` on Postgres: ONE statement (:func:`~farm.ledger.onestep.transition` + output)."""
+        _check_change(fields, "succeeded")
+        statement, params = onestep.transition(
+            job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, fields=fields, guard=self._owner_guard(worker_host),
+            at=output["checked_at"], kind="succeeded", worker=worker_host, detail=detail, output=output)
+        with self._write_one() as conn:
+            row = conn.execute(statement, params).mappings().first()
+            if row is None:
+                self._refuse(conn, job_id, JobStatus.SUCCEEDED)
+        before = row[onestep.OUTPUT_BEFORE]
+        try:
+            if before is not None and before != o.OK:  # a missing or corrupt output written again
+                with self._write() as conn:
+                    o.restored(conn, output["uri"], output["file_sha256"], before, output["checked_at"],
+                               besides=job_id)
+            self._settle_after_commit(job_id, JobStatus.SUCCEEDED)
+        except FarmError as exc:  # the success is recorded: the reaper settles what is left
+            log.warning("job %s succeeded; its followers are left to the reaper (%s)", job_id, exc)
+        return JobRecord.from_row(row)
+
+    def _settle_after_commit(self, leader_id: str, status: JobStatus) -> None:
+        """Settle the queued followers of a job whose final status is already committed.
+
+        First wait for every producer that holds the dedup lock (it may be adding a follower
+        to this job, having read it unfinished): taking the lock shared outside a transaction
+        holds it for that one statement. A producer that takes the lock later sees the job
+        finished and adds no follower; so the next statement sees every follower there is.
+        """
+        with self._write_one() as conn:
+            q.lock_dedup(conn, shared=True)
+        with self._read() as conn:
+            if not q.follower_ids(conn, leader_id):
+                return
+        with self._write() as conn:
+            q.lock_dedup(conn, shared=True)
+            self._settle_followers(conn, leader_id, status)
+
+    def settle_stranded_followers(self, limit: int = STRANDED_LIMIT) -> list[str]:
+        """Settle queued followers whose leader already finished; the leaders' ids (the reaper).
+
+        Left by a worker that died between recording a success and settling its followers.
+        """
+        with self._read() as conn:
+            leaders = q.stranded_leaders(conn, limit)
+        for leader_id, status in leaders:
+            with self._write() as conn:
+                q.lock_dedup(conn, shared=True)
+                self._settle_followers(conn, leader_id, status)
+        return [leader_id for leader_id, _ in leaders]
 
     def record_cache_hit(self, job_id: str, original_id: str, *, worker_host: str | None = None) -> JobRecord:
         """Running -> succeeded with the output of the succeeded job ``original_id``.
@@ -594,14 +646,13 @@ class Ledger(LedgerReads, LedgerLibrary):
                 raise JobNotFound(original_id)
             if original["status"] != JobStatus.SUCCEEDED.value or original_id == job_id:
                 raise IllegalTransition(original_id, original["status"], JobStatus.SUCCEEDED.value)
-            self._transition(
+            record = self._transition(
                 conn, job_id, JobStatus.SUCCEEDED, kind=q.CACHE_HIT_EVENT, worker=worker_host,
                 detail={"original": original_id},
                 fields=q.answered_fields(original, now=self._now(), queued=False),
                 only_from={JobStatus.RUNNING}, guard=self._owner_guard(worker_host),
             )
-            self._resolve_followers(conn, job_id)
-            return self._job(conn, job_id)
+            return record or self._job(conn, job_id)
 
     def record_failure(
         self,
@@ -651,7 +702,6 @@ class Ledger(LedgerReads, LedgerLibrary):
                 only_from={JobStatus.RUNNING},
                 guard=self._owner_guard(worker_host),
             )
-            self._release_followers(conn, job_id, to)
             return self._job(conn, job_id)
 
     def cancel(self, job_id: str, *, detail: Mapping[str, Any] | None = None) -> JobRecord:
@@ -665,7 +715,6 @@ class Ledger(LedgerReads, LedgerLibrary):
                 conn, job_id, JobStatus.CANCELLED, kind="cancelled", worker=None, detail=detail,
                 fields={"finished_at": self._now(), "lease_expires_at": None},
             )
-            self._release_followers(conn, job_id, JobStatus.CANCELLED)
             return self._job(conn, job_id)
 
     def requeue_expired(self, now: datetime | None = None) -> list[str]:
@@ -717,39 +766,9 @@ class Ledger(LedgerReads, LedgerLibrary):
                         },
                         fields=fields,
                         only_from={JobStatus.RUNNING},
-                        guard=jobs.c.lease_expires_at < now,
+                        guard=onestep.lease_expired_before(now),
                     )
-                    self._release_followers(conn, job_id, to)
                 reaped.append(job_id)
             except IllegalTransition:
                 continue  # finished, cancelled or heartbeated since we looked
         return reaped
-
-    # -- models and workers --------------------------------------------------------------------
-    def register_model(self, name: str, weights_fingerprint: str, *, worker: str | None) -> None:
-        """Record the weights fingerprint ``name`` is loaded with (upsert).
-
-        Outputs rendered with it answer new jobs as cache hits.
-        """
-        if not weights_fingerprint:
-            raise ValueError("weights_fingerprint must not be empty")
-        with self._write() as conn:
-            q.upsert_model(conn, {"name": name, "weights_fingerprint": weights_fingerprint,
-                                  "updated_at": self._now(), "worker": worker})
-
-    def worker_seen(self, name: str, *, host: str, device: str, pid: int, state: str, consecutive_failures: int = 0,
-                    jobs_succeeded: int = 0, jobs_failed: int = 0, detail: Mapping[str, Any] | None = None,
-                    models: Sequence[str] | None = None, tags: Sequence[str] | None = None) -> None:
-        """Insert or update the worker ``name`` with these fields and ``last_seen_at`` = now.
-
-        ``started_at`` is set when it first appears, reports ``starting`` or a new pid. ``models``:
-        the models it serves (None: unknown, every model); ``tags``: its declared tags.
-        """
-        values = q.worker_values(
-            name, self._now(), host=host, device=device, pid=pid, state=state, detail=detail,
-            consecutive_failures=consecutive_failures, jobs_succeeded=jobs_succeeded, jobs_failed=jobs_failed,
-            models=None if models is None else list(models), tags=None if tags is None else list(tags),
-        )
-        with self._write() as conn:
-            q.upsert_worker(conn, values)
-

@@ -1,11 +1,13 @@
 """Being told when jobs finish, instead of asking over and over.
 
 On Postgres every transaction that moves jobs to a final status (succeeded, failed, cancelled)
-announces their ids on the channel :data:`farm.ledger.queueing.DONE_CHANNEL` when it commits
-(``pg_notify``: never for a rolled-back change). A :class:`DoneListener` holds one connection
-``LISTEN``-ing on it while a wait runs; :meth:`DoneListener.wait` returns as soon as every job it waits for was
-announced (or the timeout passed). On SQLite there is nothing to listen to: ``wait`` just sleeps,
-and the caller polls.
+announces each job and its final status (``"<job id> <status>"``,
+:func:`farm.ledger.queueing.done_payload`) on the channel :data:`farm.ledger.queueing.DONE_CHANNEL`
+when it commits (``pg_notify``: never for a rolled-back change). A :class:`DoneListener` holds one
+connection ``LISTEN``-ing on it while a wait runs; :meth:`DoneListener.wait` returns as soon as
+every job it waits for was announced (or the timeout passed), and :attr:`DoneListener.final` says
+with which status. On SQLite there is nothing to listen to: ``wait`` just sleeps, and the caller
+polls.
 
 Start listening *before* reading the jobs' statuses: an announcement that comes between the read
 and the wait is then queued on the connection, not lost.
@@ -17,7 +19,8 @@ import time
 from typing import Any
 
 from farm.errors import LedgerUnavailable
-from farm.ledger.queueing import DONE_CHANNEL
+from farm.ledger.queueing import DONE_CHANNEL, parse_done
+from farm.ledger.status import JobStatus
 
 #: Seconds to wait for the listening connection.
 CONNECT_TIMEOUT_S = 10
@@ -39,9 +42,12 @@ class DoneListener:
         self._conn: Any = None
         #: Announcements received (for the benchmark's and tests' counts).
         self.received = 0
+        #: The final status announced for each job :meth:`wait` waited for, since :meth:`start`.
+        self.final: dict[str, JobStatus] = {}
 
     def start(self) -> None:
         """Begin listening (connects on first use)."""
+        self.final = {}
         if self._url is None:
             return
         import psycopg
@@ -74,7 +80,8 @@ class DoneListener:
     def wait(self, pending: set[str], timeout_s: float) -> bool:
         """Wait until every id in ``pending`` was announced or ``timeout_s`` passed.
 
-        Each announced id is removed from the set; True when the set became empty.
+        Each announced id is removed from the set (its status kept in :attr:`final`); True when
+        the set became empty.
         """
         if not pending:
             return True
@@ -91,7 +98,11 @@ class DoneListener:
                     return False
                 for note in self._conn.notifies(timeout=left):
                     self.received += 1
-                    pending.discard(note.payload)
+                    job_id, status = parse_done(note.payload)
+                    if job_id in pending:
+                        pending.discard(job_id)
+                        if status is not None:
+                            self.final[job_id] = status
                     if not pending:
                         return True
         except psycopg.OperationalError as exc:

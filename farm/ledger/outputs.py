@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from farm.ledger.models import events, jobs, outputs
-from farm.ledger.queueing import chunks, upsert
+from farm.ledger.queueing import PG_DEDUP_LOCK_KEY, chunks, upsert
 from farm.ledger.records import OutputMark, OutputRecord
 from farm.ledger.status import OUTPUT_STATES, JobStatus
 
@@ -31,20 +31,56 @@ OK = "ok"
 
 
 def record_written(conn: Connection, *, uri: str, file_sha256: str, frames_sha256: str | None,
-                   size_bytes: int | None, now: datetime) -> None:
+                   size_bytes: int | None, now: datetime, lock_dedup: bool = False) -> None:
     """A writer stored (or found intact) this file: state ``ok``, verified now.
 
     An output that was missing or corrupt is thereby restored (an ``output-ok`` event on the jobs
-    pointing at it).
+    pointing at it). ``lock_dedup``: take the shared dedup lock first (see
+    :func:`farm.ledger.queueing.lock_dedup`). Postgres: one statement (:func:`_written_pg`).
     """
-    before = get(conn, uri)
     values = {
         "uri": uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256, "size_bytes": size_bytes,
         "state": OK, "verified_at": now, "checked_at": now, "detail": None,
     }
-    upsert(conn, outputs, values, "uri", {k: v for k, v in values.items() if k != "uri"})
-    if before is not None and before.state != OK:
-        _events(conn, OutputMark(uri, OK, file_sha256, "written again by a render"), before.state, now)
+    if conn.dialect.name == "postgresql":
+        params = {f"o_{k}": v for k, v in values.items()}
+        if lock_dedup:
+            params["lock_key"] = PG_DEDUP_LOCK_KEY
+        before_state = conn.execute(_WRITTEN_LOCKED_PG if lock_dedup else _WRITTEN_PG, params).scalar_one()
+    else:  # (SQLite's write transaction is the dedup lock)
+        before = get(conn, uri)
+        before_state = None if before is None else before.state
+        upsert(conn, outputs, values, "uri", {k: v for k, v in values.items() if k != "uri"})
+    if before_state is not None and before_state != OK:
+        _events(conn, OutputMark(uri, OK, file_sha256, "written again by a render"), before_state, now)
+
+
+def _written_pg(*, lock_dedup: bool) -> Any:
+    """``INSERT ... ON CONFLICT (uri) DO UPDATE`` returning the state the row had before (NULL: new).
+
+    ``lock_dedup``: the row to insert is selected from a CTE that takes the shared dedup lock, so
+    the lock is held from this statement on (a later statement's snapshot sees every follower a
+    producer committed under the exclusive lock).
+    """
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    before = select(outputs.c.state).where(outputs.c.uri == bindparam("o_uri")).cte("before")
+    row = [bindparam(f"o_{c.name}", type_=c.type) for c in outputs.c]
+    if lock_dedup:
+        locked = select(func.pg_advisory_xact_lock_shared(bindparam("lock_key")).label("locked")).cte("locked")
+        statement = pg_insert(outputs).from_select([c.name for c in outputs.c], select(*row).select_from(locked))
+    else:
+        statement = pg_insert(outputs).values(dict(zip([c.name for c in outputs.c], row, strict=True)))
+    statement = statement.on_conflict_do_update(
+        index_elements=[outputs.c.uri],
+        set_={c.name: statement.excluded[c.name] for c in outputs.c if c.name != "uri"},
+    )
+    return statement.returning(select(before.c.state).scalar_subquery().label("before_state")).add_cte(before)
+
+
+#: Built once (see :func:`record_written`).
+_WRITTEN_PG = _written_pg(lock_dedup=False)
+_WRITTEN_LOCKED_PG = _written_pg(lock_dedup=True)
 
 
 def get(conn: Connection, uri: str) -> OutputRecord | None:
@@ -94,10 +130,20 @@ def mark(conn: Connection, marks: Sequence[OutputMark], now: datetime) -> list[s
     return changed
 
 
-def _events(conn: Connection, m: OutputMark, before: str | None, now: datetime) -> None:
-    ids = conn.execute(
-        select(jobs.c.id).where(jobs.c.output_uri == m.uri, jobs.c.status == JobStatus.SUCCEEDED.value)
-    ).scalars().all()
+def restored(conn: Connection, uri: str, file_sha256: str, before: str, now: datetime, *, besides: str) -> None:
+    """A render wrote the ``missing`` or ``corrupt`` output ``uri`` again: an ``output-ok`` event on its other jobs.
+
+    (:func:`record_written` does it in its own transaction; Postgres' one-statement success,
+    whose job ``besides`` already points at the output, right after.)
+    """
+    _events(conn, OutputMark(uri, OK, file_sha256, "written again by a render"), before, now, besides=besides)
+
+
+def _events(conn: Connection, m: OutputMark, before: str | None, now: datetime, *, besides: str | None = None) -> None:
+    query = select(jobs.c.id).where(jobs.c.output_uri == m.uri, jobs.c.status == JobStatus.SUCCEEDED.value)
+    if besides is not None:
+        query = query.where(jobs.c.id != besides)
+    ids = conn.execute(query).scalars().all()
     if not ids:
         return
     detail = {"uri": m.uri, "from_state": before, "reason": m.detail}

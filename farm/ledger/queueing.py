@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
-from sqlalchemy import JSON, Select, Table, bindparam, case, insert, literal, select, text, update
+from sqlalchemy import JSON, Select, Table, bindparam, case, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -74,8 +74,11 @@ def lock_dedup(conn: Connection, *, shared: bool = False) -> None:
     """
     if conn.dialect.name != "postgresql":
         return
-    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    conn.execute(text(f"SELECT {function}(:key)"), {"key": PG_DEDUP_LOCK_KEY})
+    conn.execute(_LOCK_SHARED if shared else _LOCK, {"key": PG_DEDUP_LOCK_KEY})
+
+
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
 
 def queue_order() -> list[ColumnElement[Any]]:
@@ -220,12 +223,13 @@ def output_record(row: Mapping[Any, Any]) -> OutputRecord:
 
 
 def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Decision], now: datetime, *,
-                mark_sent: bool = False) -> None:
+                mark_sent: bool = False, lock_dedup_first: bool = False) -> None:
     """Insert the jobs (all queued; followers with their leader) and their "created" events.
 
     COPY on Postgres for large sets. ``mark_sent``: the jobs that will get a message (not
     followers, not cache hits) are recorded as sent now — the caller sends right after the commit
-    and clears the mark of any it could not send.
+    and clears the mark of any it could not send. ``lock_dedup_first``: one job on Postgres, whose
+    insert takes the dedup lock itself (:func:`lock_dedup`, one round trip less).
     """
     rows = []
     trail = []
@@ -275,8 +279,46 @@ def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Dec
                 "detail": detail,
             }
         )
+    if conn.dialect.name == "postgresql" and len(rows) == 1:
+        # One job (an interactive submit): the job and its event in one statement.
+        params: dict[str, Any] = {f"j_{name}": value for name, value in rows[0].items()}
+        params.update({f"e_{name}": value for name, value in trail[0].items() if name != "job_id"})
+        if lock_dedup_first:
+            params["lock_key"] = PG_DEDUP_LOCK_KEY
+        statement = _one_job_statement(tuple(rows[0]), tuple(n for n in trail[0] if n != "job_id"), lock_dedup_first)
+        conn.execute(statement, params)
+        return
+    if lock_dedup_first:
+        lock_dedup(conn)
     copy_rows(conn, jobs, rows)
     copy_rows(conn, events, trail)
+
+
+_one_job_statements: dict[tuple[tuple[str, ...], tuple[str, ...], bool], Any] = {}
+
+
+def _one_job_statement(job_columns: tuple[str, ...], event_columns: tuple[str, ...], locked: bool) -> Any:
+    """``WITH added AS (INSERT INTO jobs ... RETURNING id) INSERT INTO events ... SELECT added.id, ... FROM added``.
+
+    ``locked``: the job's row is selected from a CTE that takes the dedup lock (exclusive) first.
+    Built once per shape.
+    """
+    key = (job_columns, event_columns, locked)
+    statement = _one_job_statements.get(key)
+    if statement is None:
+        row = [bindparam(f"j_{name}", type_=jobs.c[name].type) for name in job_columns]
+        if locked:
+            lock = select(func.pg_advisory_xact_lock(bindparam("lock_key")).label("locked")).cte("locked")
+            added = insert(jobs).from_select(list(job_columns), select(*row).select_from(lock))
+        else:
+            added = insert(jobs).values(dict(zip(job_columns, row, strict=True)))
+        added_cte = added.returning(jobs.c.id).cte("added")
+        statement = insert(events).from_select(
+            ["job_id", *event_columns],
+            select(added_cte.c.id, *(bindparam(f"e_{name}", type_=events.c[name].type) for name in event_columns)),
+        )
+        _one_job_statements[key] = statement
+    return statement
 
 
 #: Fewer rows than this are inserted with INSERT (a COPY's set-up costs more than it saves).
@@ -387,6 +429,24 @@ def follower_ids(conn: Connection, leader_id: str) -> list[str]:
         .order_by(jobs.c.created_at, jobs.c.id)
     )
     return list(conn.execute(query).scalars())
+
+
+def stranded_leaders(conn: Connection, limit: int) -> list[tuple[str, JobStatus]]:
+    """Finished jobs that still have queued followers, with their final status.
+
+    Found from the queued followers (few), never by scanning finished jobs (many).
+    """
+    leader = jobs.alias("leader")
+    query = (
+        select(leader.c.id, leader.c.status)
+        .distinct()
+        .select_from(jobs.join(leader, leader.c.id == jobs.c.cache_of_job_id))
+        .where(jobs.c.status == JobStatus.QUEUED.value,
+               leader.c.status.in_([s.value for s in JobStatus if s.terminal]))
+        .order_by(leader.c.id)
+        .limit(limit)
+    )
+    return [(job_id, JobStatus(status)) for job_id, status in conn.execute(query)]
 
 
 def release_followers(conn: Connection, leader_id: str, *, leader_status: JobStatus, now: datetime,
@@ -501,12 +561,27 @@ def to_enqueue(
 
 
 #: Postgres channel on which a committed transaction announces jobs that reached a final status
-#: (payload: the job id); :meth:`farm.ledger.manager.Ledger.wait_for_done` listens to it.
+#: (payload: :func:`done_payload`); :meth:`farm.ledger.reads.LedgerReads.listen` listens to it.
 DONE_CHANNEL = "farm_job_done"
 
 
-def notify_done(conn: Connection, job_ids: Sequence[str]) -> None:
-    """Announce, when the transaction commits, that these jobs reached a final status.
+def done_payload(job_id: str, status: JobStatus) -> str:
+    """The announcement of a job that reached the final ``status``: ``"<job id> <status>"``."""
+    return f"{job_id} {status.value}"
+
+
+def parse_done(payload: str) -> tuple[str, JobStatus | None]:
+    """``(job id, final status)`` of an announcement (status None: not one, e.g. an older writer's bare id)."""
+    job_id, _, status = payload.partition(" ")
+    try:
+        found = JobStatus(status)
+    except ValueError:
+        return job_id, None
+    return job_id, found if found.terminal else None
+
+
+def notify_done(conn: Connection, job_ids: Sequence[str], status: JobStatus) -> None:
+    """Announce, when the transaction commits, that these jobs reached the final ``status``.
 
     Postgres ``NOTIFY``: delivered only on commit, never for a rolled-back change. SQLite: nothing
     (waiters poll).
@@ -514,8 +589,10 @@ def notify_done(conn: Connection, job_ids: Sequence[str]) -> None:
     if conn.dialect.name != "postgresql" or not job_ids:
         return
     for part in chunks(list(job_ids)):
-        conn.execute(text("SELECT pg_notify(:channel, x) FROM unnest(CAST(:ids AS text[])) AS x"),
-                     {"channel": DONE_CHANNEL, "ids": list(part)})
+        conn.execute(_NOTIFY_DONE, {"channel": DONE_CHANNEL, "status": f" {status.value}", "ids": list(part)})
+
+
+_NOTIFY_DONE = text("SELECT pg_notify(:channel, x || :status) FROM unnest(CAST(:ids AS text[])) AS x")
 
 
 def unmark_enqueued(conn: Connection, job_ids: Sequence[str]) -> None:

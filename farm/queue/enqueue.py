@@ -279,6 +279,8 @@ class ReapReport:
     error: str | None = None
     #: Batches whose unconfirmed messages this pass sent (their sending had stalled).
     batches: list[str] = field(default_factory=list)
+    #: Finished jobs whose queued followers this pass settled (left by a worker that died in between).
+    settled: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
@@ -309,7 +311,7 @@ def reap(
     :attr:`ReapReport.error`.
     """
     now = now or utcnow()
-    report = ReapReport(expired=ledger.requeue_expired(now))
+    report = ReapReport(expired=ledger.requeue_expired(now), settled=ledger.settle_stranded_followers())
     stale_before = now - timedelta(seconds=settings.reenqueue_after_s)
     lost_since = now - timedelta(seconds=settings.lost_message_grace_s)
     lost_before = {route: lost_since for route in _drained(app or get_app(settings))}
@@ -329,6 +331,7 @@ def reap(
         # now; a worker's periodic pass once the grace has passed.
         grace_s = 0.0 if previous is None else settings.lost_message_grace_s
         report.batches = _resend_stalled(ledger, settings, app, now - timedelta(seconds=grace_s), report)
-    if report.expired or report.enqueued:
-        log.info("reaper: %d expired lease(s), %d job message(s) sent", len(report.expired), len(report.enqueued))
+    if report.expired or report.enqueued or report.settled:
+        log.info("reaper: %d expired lease(s), %d job message(s) sent, %d finished job(s)' followers settled",
+                 len(report.expired), len(report.enqueued), len(report.settled))
     return report

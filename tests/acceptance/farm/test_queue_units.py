@@ -270,7 +270,8 @@ def test_farm_reap_requeues_expired_leases_and_sends_lost_messages(
     job = farm_env.ledger.get_job(expired)
     assert job.status.value == "queued" and job.enqueued_at is not None
     again = subprocess.run([FARM, "reap", "--json"], env=farm_env.env(), capture_output=True, text=True, timeout=120)
-    assert json.loads(again.stdout) == {"expired": [], "enqueued": [], "deferred": [], "error": None, "batches": []}
+    assert json.loads(again.stdout) == {"expired": [], "enqueued": [], "deferred": [], "error": None, "batches": [],
+                                        "settled": []}
 
 
 def test_periodic_reaper_defers_unsent_jobs_one_pass(farm_env: FarmEnv, redis_server: RedisServer) -> None:

@@ -109,7 +109,26 @@ def test_wait_is_told_when_the_job_finishes(client: Client, ledger: Ledger) -> N
     worker.join()
     assert report.all_succeeded
     assert returned - finished_at[0] < 0.5  # told at the commit, not at the next poll (10 s apart)
-    assert client.status_reads - reads == 2  # one read before, one after the announcement
+    # one read before; the announcement carries the final status: no read after it
+    assert client.status_reads - reads == 1
+    assert report == client.status(job_id)  # the same report a read gives
+
+
+def test_wait_is_told_how_a_job_ended(client: Client, ledger: Ledger) -> None:
+    [job_id] = client.submit("a lighthouse in fog", seed=6)
+
+    def fail_later() -> None:
+        time.sleep(0.5)
+        assert ledger.claim(job_id, worker_host="w@h", worker_device="cpu", lease_s=60) is not None
+        ledger.record_failure(job_id, error_type="ValueError", error_message="bad", retry=False, worker_host="w@h")
+
+    worker = threading.Thread(target=fail_later)
+    worker.start()
+    reads = client.status_reads
+    report = client.wait(job_id, timeout_s=30, poll_s=10.0)
+    worker.join()
+    assert report.counts["failed"] == 1 and report.finished and not report.all_succeeded
+    assert client.status_reads - reads == 1 and report == client.status(job_id)
 
 
 def listening_backends(ledger: Ledger) -> int:
