@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 #: Where Alembic's env.py and versions/ live: the package ``farm.ledger.migrations`` (the
@@ -76,10 +77,10 @@ def ensure_sqlite_dir(url: str | URL) -> None:
 def make_engine(url: str | URL, *, echo: bool = False, pre_ping: bool = True) -> Engine:
     """An engine for the ledger at ``url`` (see the module docstring for the SQLite setup).
 
-    ``pre_ping`` tests a pooled connection before each use (one more round trip per transaction),
-    so that a request after a database restart does not fail once. A caller that retries every
-    ledger call (a worker: the first error after a restart invalidates the pool, the retry gets a
-    fresh connection) turns it off.
+    ``pre_ping`` tests a pooled connection that sat unused for :data:`PING_IDLE_S` or more before
+    handing it out (:func:`_ping_when_idle`), so that a request after a database restart does not
+    fail once. A caller that retries every ledger call (a worker: the first error after a restart
+    invalidates the pool, the retry gets a fresh connection) turns it off.
     """
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
@@ -89,7 +90,41 @@ def make_engine(url: str | URL, *, echo: bool = False, pre_ping: bool = True) ->
     connect_args: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-    return create_engine(u, echo=echo, pool_pre_ping=pre_ping, connect_args=connect_args)
+    engine = create_engine(u, echo=echo, connect_args=connect_args)
+    if pre_ping:
+        _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled connection unused for this long is tested (one ``SELECT 1``) before it is handed out.
+PING_IDLE_S = 1.0
+_IDLE_SINCE = "farm_idle_since"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use when it sat unused for :data:`PING_IDLE_S` or more.
+
+    SQLAlchemy's ``pool_pre_ping`` tests it before every use: one more round trip on every call of
+    a producer. A connection used a moment ago is alive (or its failure is that call's to report,
+    as it would be a moment later); one that sat in the pool may have outlived a database restart.
+    A failed test makes the pool connect anew (SQLAlchemy's pessimistic disconnect handling).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa_exc.DisconnectionError(f"pooled connection lost: {exc}") from exc
+        if not alive:
+            raise sa_exc.DisconnectionError("pooled connection lost")
 
 
 def _use_wal(cursor: Any) -> None:

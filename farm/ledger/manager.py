@@ -126,9 +126,10 @@ class Ledger(LedgerReads, LedgerLibrary, LedgerUpkeep):
         """
         if not new_jobs:
             return Admission([], [], {}, {})
-        with self._write() as conn:
-            # Dedup reads need the lock before them; jobs that all skip the cache only at their insert.
-            lock_first = all(j.no_cache for j in new_jobs)
+        # Dedup reads need the lock before them; jobs that all skip the cache take it at their insert,
+        # and one such job on Postgres is ONE statement (no BEGIN/COMMIT round trips).
+        lock_first = all(j.no_cache for j in new_jobs)
+        with self._write_one() if lock_first and len(new_jobs) == 1 else self._write() as conn:
             if not lock_first:
                 q.lock_dedup(conn)
             return self._insert_jobs(conn, new_jobs, output_ok, mark_sent, lock_dedup_first=lock_first)

@@ -123,3 +123,29 @@ def test_stored_times_compare_as_instants(ledger, make_job, clock) -> None:
     ledger.claim(job_id, worker_host="w", worker_device="cpu", lease_s=60)
     assert ledger.requeue_expired(now=clock.now.astimezone(UTC) + timedelta(seconds=59)) == []
     assert ledger.requeue_expired(now=clock.now.astimezone(UTC) + timedelta(seconds=61)) == [job_id]
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_is_tested_only_after_sitting_idle(pg_url: str, make_job, monkeypatch) -> None:
+    """A connection used a moment ago goes straight to work; one idle PING_IDLE_S is tested, a dead one replaced."""
+    from sqlalchemy import event
+
+    monkeypatch.setattr(ledger_db, "PING_IDLE_S", 0.3)
+    with Ledger(pg_url) as ledger:
+        job_id = ledger.add_job(make_job())
+        seen: list[str] = []
+        event.listen(ledger._engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *args: seen.append(statement.split()[0]))
+        ledger.get_job(job_id)
+        ledger.get_job(job_id)
+        assert seen == ["SELECT", "SELECT"]  # no ping: the connection was just used
+        with ledger._read() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with Ledger(pg_url) as other, other._read() as conn:  # the server drops the pooled connection
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        import time
+
+        time.sleep(0.5)
+        assert ledger.get_job(job_id).id == job_id  # tested, found dead, replaced: the call does not fail
+        with ledger._read() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid

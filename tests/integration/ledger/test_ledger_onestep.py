@@ -188,3 +188,19 @@ def test_stranded_followers_of_a_failed_leader_are_released(ledger, make_job, mo
     job = ledger.get_job(follower)
     assert job.status is Q and job.cache_of_job_id is None  # released in the same transaction
     assert ledger.settle_stranded_followers() == []
+
+
+@pytest.mark.postgres
+def test_one_no_cache_submit_is_one_statement_on_postgres(pg_url: str, make_job) -> None:
+    with Ledger(pg_url) as ledger:
+        with statements(ledger) as sql:
+            admitted = ledger.admit([make_job(seed=10, no_cache=True)], mark_sent=True)
+        assert sql == ["WITH locked"]  # the dedup lock, the job and its event: one statement, autocommit
+        [job_id] = admitted.job_ids
+        assert admitted.to_send == [(job_id, "batch.tiny")]
+        job = ledger.get_job(job_id)
+        assert job.status is Q and job.enqueued_at is not None
+        assert [e.kind for e in ledger.events(job_id)] == ["created"]
+        with statements(ledger) as cacheable:
+            ledger.admit([make_job(seed=11)])
+        assert cacheable[0] == "SELECT pg_advisory_xact_lock(%(key)s)"  # before the dedup reads
