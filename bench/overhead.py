@@ -155,7 +155,8 @@ def main() -> int:
               "farm_wall_ms": round(statistics.median(runs["walls"]) * 1000, 2), "ratio": round(ratio, 2),
               "bare_back_to_back_ms": round(hot_ms, 2), "ratio_to_back_to_back": round(farm_ms / hot_ms, 2),
               "status_reads_per_job": statistics.median(runs["reads"]), "target_ratio": TARGET_RATIO,
-              "meets_target": ratio <= TARGET_RATIO}
+              "meets_target": ratio <= TARGET_RATIO,
+              "meets_target_back_to_back": round(farm_ms / hot_ms, 2) <= TARGET_RATIO}
     print(f"one job, {n} runs each (medians), Postgres + private Redis, tiny model on 1 CPU thread")
     print(f"  bare Celery delay().get(), alternating with farm    {bare_ms:8.2f} ms")
     print(f"  farm submit -> succeeded seen (wall)                {result['farm_wall_ms']:8.2f} ms")
@@ -163,7 +164,9 @@ def main() -> int:
     print(f"  ratio farm overhead / bare                          {ratio:8.2f}  (target <= {TARGET_RATIO:g}: "
           f"{'met' if result['meets_target'] else 'NOT met'})")
     print(f"  bare Celery delay().get(), back to back (hot loop)  {hot_ms:8.2f} ms")
-    print(f"  ratio farm overhead / back-to-back bare             {result['ratio_to_back_to_back']:8.2f}")
+    hot_met = result["ratio_to_back_to_back"] <= TARGET_RATIO
+    print(f"  ratio farm overhead / back-to-back bare             {result['ratio_to_back_to_back']:8.2f}  "
+          f"(target <= {TARGET_RATIO:g}: {'met' if hot_met else 'NOT met'})")
     print(f"  status reads per job (wait)                         {result['status_reads_per_job']:8}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
