@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_helpers import AUTH, TOKEN, PrivateRedis, queued_job_ids
-from private_redis import free_port
+from private_redis import free_port, stop_process
 
 FARM = str(Path(sys.executable).with_name("farm"))
 START_TIMEOUT_S = 60.0
@@ -56,13 +56,7 @@ class Server:
         return Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s=20)  # SIGTERM, then SIGKILL
         self._out.close()
 
     def output(self) -> str:

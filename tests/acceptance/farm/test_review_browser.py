@@ -15,7 +15,6 @@ without ``/usr/bin/chromium`` the test fails and says to run ``scripts/os-tools.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 import pytest
 from api_helpers import AUTH, TOKEN
 from farm_harness import FARM, SMALL, FarmEnv, free_port, wait_until
+from private_redis import stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
@@ -70,13 +70,7 @@ class ApiServer:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s=20)  # SIGTERM, then SIGKILL
         self._out.close()
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_helpers import AUTH, TOKEN, PrivateRedis
 from fastapi.testclient import TestClient
 
 from farm.api.app import create_app
+from farm.ledger import Ledger
 from farm.settings import Settings
 
 
@@ -48,3 +50,18 @@ def http(api_settings: Settings) -> Iterator[TestClient]:
 def anon(api_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    """The tiny CPU engine a worker would use (one per test module: loading it costs seconds)."""
+    from farm.engine.render import Engine
+
+    return Engine(device="cpu", offload="none", torch_threads=1)
+
+
+@pytest.fixture
+def ledger(pg_url: str) -> Iterator[Ledger]:
+    """The test database's ledger gateway (to read what the API wrote, or render it as a worker would)."""
+    with Ledger(pg_url) as gateway:
+        yield gateway

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,6 @@ TRAVERSALS = [
     "/v1/jobs/etc%2Fpasswd%00/video",
     "/v1/jobs/%2Fetc%2Fpasswd/poster",
 ]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    from farm.engine.render import Engine
-
-    return Engine(device="cpu", offload="none", torch_threads=1)
-
-
-@pytest.fixture
-def ledger(pg_url: str) -> Iterator[Ledger]:
-    with Ledger(pg_url) as gateway:
-        yield gateway
 
 
 def render(ledger: Ledger, settings: Settings, engine: Any, job_id: str) -> None:

@@ -49,19 +49,6 @@ def s3_http(s3_settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    from farm.engine.render import Engine
-
-    return Engine(device="cpu", offload="none", torch_threads=1)
-
-
-@pytest.fixture
-def ledger(pg_url: str) -> Iterator[Ledger]:
-    with Ledger(pg_url) as gateway:
-        yield gateway
-
-
 @pytest.fixture
 def rendered(s3_http: TestClient, ledger: Ledger, s3_settings: Settings, engine: Any) -> str:
     """A job submitted through the API and rendered into the s3 store by the runner a worker uses."""

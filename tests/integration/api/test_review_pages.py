@@ -36,19 +36,6 @@ CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 # -- fixtures and helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    from farm.engine.render import Engine
-
-    return Engine(device="cpu", offload="none", torch_threads=1)
-
-
-@pytest.fixture
-def ledger(pg_url: str) -> Iterator[Ledger]:
-    with Ledger(pg_url) as gateway:
-        yield gateway
-
-
 @pytest.fixture
 def http(api_settings: Settings) -> Iterator[TestClient]:
     """A bearer-token client (the API's own door), to submit what the pages show."""
