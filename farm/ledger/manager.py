@@ -571,7 +571,7 @@ class Ledger(LedgerReads, LedgerLibrary, LedgerUpkeep):
         with self._write() as conn:
             # (the statement that records the output takes the shared dedup lock first)
             o.record_written(conn, uri=output_uri, file_sha256=file_sha256, frames_sha256=frames_sha256,
-                             size_bytes=size_bytes, now=now, lock_dedup=True)
+                             size_bytes=size_bytes, now=now)
             if degraded_reason is not None:
                 q.record_degraded(conn, job_id, reason=degraded_reason, effective=effective_params,
                                   worker=worker_host, now=now)

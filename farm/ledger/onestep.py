@@ -43,6 +43,7 @@ from sqlalchemy import Select, bindparam, case, column, func, insert, select, ta
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from farm.ledger.models import events, jobs, outputs
+from farm.ledger.outputs import state_before, upsert_from
 from farm.ledger.queueing import DONE_CHANNEL
 from farm.ledger.status import JobStatus
 from farm.ledger.types import UTCDateTime
@@ -160,13 +161,4 @@ def _build(current: JobStatus, to: JobStatus, fields: Mapping[str, Any], guard: 
 
 def _output_ctes() -> tuple[Any, Any]:
     """``before`` (the output's state before the statement) and ``written`` (its upsert, only for a changed job)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-    before = select(outputs.c.state).where(outputs.c.uri == bindparam("o_uri")).cte("before")
-    row = select(*(bindparam(f"o_{name}", type_=outputs.c[name].type) for name in _OUTPUT_COLUMNS))
-    upsert = pg_insert(outputs).from_select(list(_OUTPUT_COLUMNS), row.select_from(_CHANGED))
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[outputs.c.uri],
-        set_={name: upsert.excluded[name] for name in _OUTPUT_COLUMNS if name != "uri"},
-    )
-    return before, upsert.returning(outputs.c.uri).cte("written")
+    return state_before(), upsert_from(_CHANGED).returning(outputs.c.uri).cte("written")

@@ -31,22 +31,22 @@ OK = "ok"
 
 
 def record_written(conn: Connection, *, uri: str, file_sha256: str, frames_sha256: str | None,
-                   size_bytes: int | None, now: datetime, lock_dedup: bool = False) -> None:
+                   size_bytes: int | None, now: datetime) -> None:
     """A writer stored (or found intact) this file: state ``ok``, verified now.
 
     An output that was missing or corrupt is thereby restored (an ``output-ok`` event on the jobs
-    pointing at it). ``lock_dedup``: take the shared dedup lock first (see
-    :func:`farm.ledger.queueing.lock_dedup`). Postgres: one statement (:func:`_written_pg`).
+    pointing at it). The shared dedup lock is taken first (see
+    :func:`farm.ledger.queueing.lock_dedup`), in the same statement on Postgres
+    (:data:`_WRITTEN_LOCKED_PG`).
     """
     values = {
         "uri": uri, "file_sha256": file_sha256, "frames_sha256": frames_sha256, "size_bytes": size_bytes,
         "state": OK, "verified_at": now, "checked_at": now, "detail": None,
     }
     if conn.dialect.name == "postgresql":
-        params = {f"o_{k}": v for k, v in values.items()}
-        if lock_dedup:
-            params["lock_key"] = PG_DEDUP_LOCK_KEY
-        before_state = conn.execute(_WRITTEN_LOCKED_PG if lock_dedup else _WRITTEN_PG, params).scalar_one()
+        params: dict[str, Any] = {f"o_{k}": v for k, v in values.items()}
+        params["lock_key"] = PG_DEDUP_LOCK_KEY
+        before_state = conn.execute(_WRITTEN_LOCKED_PG, params).scalar_one()
     else:  # (SQLite's write transaction is the dedup lock)
         before = get(conn, uri)
         before_state = None if before is None else before.state
@@ -55,32 +55,41 @@ def record_written(conn: Connection, *, uri: str, file_sha256: str, frames_sha25
         _events(conn, OutputMark(uri, OK, file_sha256, "written again by a render"), before_state, now)
 
 
-def _written_pg(*, lock_dedup: bool) -> Any:
-    """``INSERT ... ON CONFLICT (uri) DO UPDATE`` returning the state the row had before (NULL: new).
+def state_before() -> Any:
+    """A CTE ``before``: the state of the output ``:o_uri`` before the statement (no row: none yet)."""
+    return select(outputs.c.state).where(outputs.c.uri == bindparam("o_uri")).cte("before")
 
-    ``lock_dedup``: the row to insert is selected from a CTE that takes the shared dedup lock, so
-    the lock is held from this statement on (a later statement's snapshot sees every follower a
-    producer committed under the exclusive lock).
+
+def upsert_from(source: Any) -> Any:
+    """``INSERT`` the output row given as ``o_<column>`` parameters, once per row of ``source``, or update it.
+
+    ``ON CONFLICT (uri) DO UPDATE`` every other column. ``source``: a CTE or table the row is
+    selected from (the statement writes nothing when it has no row). Postgres only.
     """
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-    before = select(outputs.c.state).where(outputs.c.uri == bindparam("o_uri")).cte("before")
-    row = [bindparam(f"o_{c.name}", type_=c.type) for c in outputs.c]
-    if lock_dedup:
-        locked = select(func.pg_advisory_xact_lock_shared(bindparam("lock_key")).label("locked")).cte("locked")
-        statement = pg_insert(outputs).from_select([c.name for c in outputs.c], select(*row).select_from(locked))
-    else:
-        statement = pg_insert(outputs).values(dict(zip([c.name for c in outputs.c], row, strict=True)))
-    statement = statement.on_conflict_do_update(
+    row = select(*(bindparam(f"o_{c.name}", type_=c.type) for c in outputs.c)).select_from(source)
+    statement = pg_insert(outputs).from_select([c.name for c in outputs.c], row)
+    return statement.on_conflict_do_update(
         index_elements=[outputs.c.uri],
         set_={c.name: statement.excluded[c.name] for c in outputs.c if c.name != "uri"},
     )
-    return statement.returning(select(before.c.state).scalar_subquery().label("before_state")).add_cte(before)
+
+
+def _written_locked_pg() -> Any:
+    """The upsert of :func:`record_written` returning the state the row had before (NULL: new).
+
+    Its row is selected from a CTE that takes the shared dedup lock, so the lock is held from
+    this statement on (a later statement's snapshot sees every follower a producer committed
+    under the exclusive lock).
+    """
+    locked = select(func.pg_advisory_xact_lock_shared(bindparam("lock_key")).label("locked")).cte("locked")
+    before = state_before()
+    return upsert_from(locked).returning(select(before.c.state).scalar_subquery().label("before_state")).add_cte(before)
 
 
 #: Built once (see :func:`record_written`).
-_WRITTEN_PG = _written_pg(lock_dedup=False)
-_WRITTEN_LOCKED_PG = _written_pg(lock_dedup=True)
+_WRITTEN_LOCKED_PG = _written_locked_pg()
 
 
 def get(conn: Connection, uri: str) -> OutputRecord | None:

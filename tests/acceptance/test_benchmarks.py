@@ -42,9 +42,10 @@ def test_bulk_submit_benchmark_runs(tmp_path: Path, pg_admin: object) -> None:
 def test_overhead_benchmark_runs(tmp_path: Path, pg_admin: object) -> None:
     data = run_bench("overhead.py", tmp_path / "overhead.json")
     assert data["jobs"] == 5
-    for key in ("bare_round_trip_ms", "farm_overhead_ms", "ratio"):
+    for key in ("bare_round_trip_ms", "farm_overhead_ms", "ratio", "pair_ratio_p25", "pair_ratio_p75"):
         value = data[key]
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
+    assert data["pair_ratio_p25"] <= data["pair_ratio_median"] <= data["pair_ratio_p75"]
     # told at the commit (LISTEN/NOTIFY), with the final status: one read, before the job finished
     assert data["status_reads_per_job"] == 1
 
