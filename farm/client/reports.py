@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from farm.ledger.records import JobRecord, WorkerRecord
+    from farm.ledger.records import JobProgress, JobRecord, WorkerRecord
     from farm.ledger.stats import Pace
 
 #: Status names in display order (the values stored in the ledger).
@@ -184,7 +184,7 @@ def final_job_status(job_id: str, status: Any) -> StatusReport:
     return StatusReport(job_id, "job", 1, counts, 1.0, 0.0)
 
 
-def job_status(job: JobRecord, now: datetime) -> StatusReport:
+def job_status(job: JobRecord | JobProgress, now: datetime) -> StatusReport:
     """One job's report (its ETA from its own progress since it started)."""
     status = _status(job.status)
     if status in TERMINAL_STATUSES:

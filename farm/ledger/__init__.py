@@ -19,6 +19,7 @@ from farm.ledger.manager import Ledger
 from farm.ledger.records import (
     BatchRecord,
     EventRecord,
+    JobProgress,
     JobRecord,
     ModelRecord,
     NewJob,
@@ -34,6 +35,7 @@ __all__ = [
     "WORKER_STATES",
     "BatchRecord",
     "EventRecord",
+    "JobProgress",
     "JobRecord",
     "JobStatus",
     "Ledger",

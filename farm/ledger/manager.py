@@ -39,7 +39,7 @@ from farm.errors import (
     JobNotFound,
 )
 from farm.kinds import route_of
-from farm.ledger import onestep
+from farm.ledger import direct, onestep
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
 from farm.ledger.library import LedgerLibrary
@@ -318,7 +318,7 @@ class Ledger(LedgerReads, LedgerLibrary, LedgerUpkeep):
             [source] = allowed
             statement, params = onestep.transition(job_id, source, to, fields=fields, guard=guard, at=self._now(),
                                                    kind=kind, worker=worker, detail=detail)
-            row = conn.execute(statement, params).mappings().first()
+            row = direct.first(conn, statement, params)
             if row is None:
                 self._refuse(conn, job_id, to)
             if to.terminal and row[onestep.FOLLOWERS]:
@@ -589,7 +589,7 @@ class Ledger(LedgerReads, LedgerLibrary, LedgerUpkeep):
             job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, fields=fields, guard=self._owner_guard(worker_host),
             at=output["checked_at"], kind="succeeded", worker=worker_host, detail=detail, output=output)
         with self._write_one() as conn:
-            row = conn.execute(statement, params).mappings().first()
+            row = direct.first(conn, statement, params)
             if row is None:
                 self._refuse(conn, job_id, JobStatus.SUCCEEDED)
         before = row[onestep.OUTPUT_BEFORE]

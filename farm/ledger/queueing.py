@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
 from farm.kinds import route_of, route_parts
+from farm.ledger import direct
 from farm.ledger.models import batches, events, jobs, models, outputs, workers
 from farm.ledger.records import NewJob, OutputRecord
 from farm.ledger.status import INITIAL, WORKER_STATES, JobStatus
@@ -286,7 +287,7 @@ def insert_jobs(conn: Connection, new_jobs: Sequence[NewJob], plan: Sequence[Dec
         if lock_dedup_first:
             params["lock_key"] = PG_DEDUP_LOCK_KEY
         statement = _one_job_statement(tuple(rows[0]), tuple(n for n in trail[0] if n != "job_id"), lock_dedup_first)
-        conn.execute(statement, params)
+        direct.execute(conn, statement, params)
         return
     if lock_dedup_first:
         lock_dedup(conn)

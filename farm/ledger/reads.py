@@ -11,18 +11,18 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Text, cast, func, literal, select
+from sqlalchemy import Text, bindparam, cast, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from farm.errors import BatchNotFound, JobNotFound
-from farm.ledger import db, stats
+from farm.ledger import db, direct, stats
 from farm.ledger import outputs as o
 from farm.ledger import queueing as q
 from farm.ledger.base import LedgerBase
 from farm.ledger.models import batches, events, jobs, models, outputs, workers
 from farm.ledger.notify import DoneListener
-from farm.ledger.records import BatchRecord, EventRecord, JobRecord, OutputRecord, WorkerRecord
+from farm.ledger.records import BatchRecord, EventRecord, JobProgress, JobRecord, OutputRecord, WorkerRecord
 from farm.ledger.status import JobStatus, parse_status
 
 #: LIKE's escape character, and the characters it escapes (the wildcards and itself).
@@ -61,6 +61,10 @@ def _job_filters(*, batch_id: str | None, status: JobStatus | str | None, starre
     return where
 
 
+#: The read behind :meth:`LedgerReads.job_progress` (built once).
+_PROGRESS = select(jobs.c.status, jobs.c.progress, jobs.c.started_at).where(jobs.c.id == bindparam("job_id"))
+
+
 class LedgerReads(LedgerBase):
     """Reading the ledger (see the module docstring)."""
 
@@ -68,6 +72,17 @@ class LedgerReads(LedgerBase):
         """The job ``job_id``; :class:`JobNotFound` when there is none."""
         with self._read() as conn:
             return self._job(conn, job_id)
+
+    def job_progress(self, job_id: str) -> JobProgress:
+        """The job's status, progress and start: a narrow read (what a status report and a wait need).
+
+        :class:`JobNotFound` when there is none.
+        """
+        with self._read() as conn:
+            row = direct.first(conn, _PROGRESS, {"job_id": job_id})
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobProgress(job_id, JobStatus(row["status"]), float(row["progress"]), row["started_at"])
 
     @staticmethod
     def _job(conn: Connection, job_id: str) -> JobRecord:

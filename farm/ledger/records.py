@@ -193,6 +193,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobProgress:
+    """How far one job is: what a status report needs of it (a narrow read of its row)."""
+
+    id: str
+    status: JobStatus
+    progress: float
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
 class BatchRecord:
     """One row of the ``batches`` table."""
 

@@ -15,9 +15,10 @@ recorded by the other. The flow (rq-style, each outcome handed to one handler):
    cache hits, unless the job says ``no_cache``; a damaged output is marked in the ledger and the
    job renders.
 3. **render** compatible jobs together (expert-phase batching, up to ``phase_batch`` at a time).
-   A background thread heartbeats every job of the group every ``heartbeat_s`` (through the model
-   load, the render, the encode and the recording); a job whose heartbeat is refused (cancelled,
-   or its lease was taken over) is dropped from the batch at its next step.
+   The runner's heartbeat thread (:mod:`farm.worker.heartbeat`) beats every job of the group every
+   ``heartbeat_s`` (through the model load, the render, the encode and the recording); a job
+   whose heartbeat is refused (cancelled, or its lease was taken over) is dropped from the batch
+   at its next step.
 4. **store** each frame stack in the content-addressed output store.
 5. **record**: :meth:`handle_success`, or :meth:`handle_error`, which asks
    :func:`farm.errors.classify`: :meth:`handle_retry` (transient errors: back to queued while
@@ -47,6 +48,7 @@ from farm.ledger.records import OutputMark
 from farm.settings import WORKER_STALE_HEARTBEATS
 from farm.spec import compatibility_key
 from farm.worker.degrade import Degraded, DegradePolicy, degraded_canon
+from farm.worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -182,62 +184,6 @@ class _Group:
         return None if found is None else found.reason
 
 
-class Heartbeat:
-    """Extends the leases of claimed jobs from a background thread every ``interval`` seconds.
-
-    Each beat carries the progress the step callback reports; a job's beats end when its outcome is
-    recorded (:meth:`finish`). A refused heartbeat marks the job *lost*; an unreachable ledger is
-    logged and tried again at the next beat (the lease outlasts short outages).
-    """
-
-    def __init__(self, ledger: Ledger, jobs: Sequence[JobRecord], *, worker_host: str, lease_s: float,
-                 interval: float):
-        self.ledger = ledger
-        self.job_ids = [j.id for j in jobs]
-        self.worker_host = worker_host
-        self.lease_s = lease_s
-        self.interval = interval
-        self.progress: dict[str, float] = dict.fromkeys(self.job_ids, 0.0)
-        self.lost: set[str] = set()
-        self.finished: set[str] = set()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=30)
-
-    def finish(self, job_id: str) -> None:
-        """The job's outcome is recorded: no more heartbeats for it."""
-        self.finished.add(job_id)
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.interval):
-            self.beat()
-
-    def beat(self) -> None:
-        """Extend the lease of every job still running; a refused one marks the job lost."""
-        for job_id in self.job_ids:
-            if job_id in self.lost or job_id in self.finished or self._done.is_set():
-                continue
-            try:
-                alive = self.ledger.heartbeat(job_id, worker_host=self.worker_host, lease_s=self.lease_s,
-                                              progress=min(1.0, max(0.0, self.progress[job_id])))
-            except TransientError as exc:
-                log.warning("job %s: heartbeat failed (%s); trying again in %.0f s", job_id, exc, self.interval)
-                continue
-            except Exception:
-                log.exception("job %s: heartbeat failed", job_id)
-                continue
-            if not alive and job_id not in self.finished:  # (finished meanwhile: its outcome was just recorded)
-                self.lost.add(job_id)
-                log.warning("job %s: lease lost (cancelled or taken over): stopping its render", job_id)
-
-
 @dataclass
 class JobRunner:
     """Runs ledger jobs on one engine (one device) for one worker identity."""
@@ -262,7 +208,16 @@ class JobRunner:
     #: Set to stop rendering now (shutdown deadline): rendering jobs are handed back.
     stop: threading.Event = field(default_factory=threading.Event)
     _env: dict[str, Any] | None = field(default=None, repr=False)
+    _heartbeat: Heartbeat | None = field(default=None, repr=False)
     _registered: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        """The runner's one heartbeat (its thread outlives a batch: see :mod:`farm.worker.heartbeat`)."""
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.ledger, worker_host=self.worker_host, lease_s=self.lease_s,
+                                        interval=self.heartbeat_s)
+        return self._heartbeat
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, job_ids: Sequence[str]) -> list[Outcome]:
@@ -317,8 +272,7 @@ class JobRunner:
         """
         outcomes: dict[str, Outcome] = {}
         plan = self.decide_degradation(records)
-        with Heartbeat(self.ledger, records, worker_host=self.worker_host, lease_s=self.lease_s,
-                       interval=self.heartbeat_s) as beat:
+        with self.heartbeat.tracking(records) as beat:
             for group in self._groups(list(records), plan):
                 if self.stop.is_set():  # shutting down: groups not started yet go back at once
                     group_outcomes = [self.handle_release(job, "worker shutting down") for job in group]

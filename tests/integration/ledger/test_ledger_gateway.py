@@ -100,6 +100,19 @@ def test_get_job_unknown_raises(ledger) -> None:
         ledger.events("nope")
 
 
+def test_job_progress_is_the_jobs_status_progress_and_start(ledger, make_job) -> None:
+    job_id = ledger.add_job(make_job(seed=1))
+    queued = ledger.job_progress(job_id)
+    assert (queued.id, queued.status, queued.progress, queued.started_at) == (job_id, JobStatus.QUEUED, 0.0, None)
+    ledger.claim(job_id, worker_host="w1", worker_device="cpu", lease_s=60)
+    ledger.heartbeat(job_id, worker_host="w1", lease_s=60, progress=0.25)
+    running, job = ledger.job_progress(job_id), ledger.get_job(job_id)
+    assert (running.status, running.progress, running.started_at) == (JobStatus.RUNNING, 0.25, job.started_at)
+    assert running.started_at is not None and running.started_at.tzinfo is not None
+    with pytest.raises(JobNotFound):
+        ledger.job_progress(str(uuid.uuid4()))
+
+
 def test_list_jobs_filters_orders_and_pages(ledger, make_job, clock) -> None:
     batch_id, _ = ledger.create_batch("d" * 64, "b", "b.yaml", [make_job(), make_job()])
     loose = []
