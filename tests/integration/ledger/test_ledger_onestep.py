@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event
+from ledger_helpers import statements
 
 from farm.errors import IllegalTransition
 from farm.ledger import JobStatus, Ledger
@@ -39,21 +37,6 @@ def succeed(ledger: Ledger, job_id: str, *, worker_host: str | None = "w1"):
         effective_params={"steps": 4}, weights_fingerprint=WEIGHTS, env_fingerprint={"torch": "2.13.0"},
         timings={"render_s": 1.5}, worker_host=worker_host, size_bytes=10,
     )
-
-
-@contextmanager
-def statements(ledger: Ledger) -> Iterator[list[str]]:
-    """The SQL statements the ledger's engine runs while the block runs (first words)."""
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()[:2]))
-
-    event.listen(ledger._engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(ledger._engine, "before_cursor_execute", before)
 
 
 def test_done_payload_round_trip() -> None:

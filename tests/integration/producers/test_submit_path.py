@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ledger_helpers import statements
 from producer_helpers import Broker
 from sqlalchemy import event
 
@@ -39,25 +40,6 @@ def counting_transactions(ledger: Ledger) -> Iterator[list[str]]:
         yield begun
     finally:
         event.remove(engine, "begin", on_begin)
-
-
-@contextmanager
-def counting_statements(ledger: Ledger) -> Iterator[list[str]]:
-    """Every statement run on the ledger's engine while the block runs (its first two words).
-
-    (Listening makes the ledger run its hot statements through SQLAlchemy, where they are seen:
-    see farm.ledger.direct.)
-    """
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()[:2]))
-
-    event.listen(ledger._engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(ledger._engine, "before_cursor_execute", before)
 
 
 def succeed(ledger: Ledger, job_id: str) -> None:
@@ -169,7 +151,7 @@ def test_waits_share_one_listening_connection_that_is_quiet_between_waits(client
         [job_id] = client.submit("a kite over dunes", seed=seed)
         succeed(ledger, job_id)
         reads = client.status_reads
-        with counting_statements(ledger) as ran:
+        with statements(ledger) as ran:
             assert client.wait(job_id, timeout_s=10).all_succeeded
         # a job this client submitted: its kind is known, it is finished at the first (narrow) read
         assert client.status_reads - reads == 1 and ran == ["SELECT jobs.status,"]
