@@ -458,7 +458,7 @@ class Client(ReadOps, LibraryOps):
         return reports.group_status(f"{len(ids)} ids", "group", pace, self._now())
 
     def _status_one(self, checked: str) -> StatusReport:
-        if self._kinds.get(checked) == "job" or self._kind(checked) == "job":  # (a wait's hot path: one narrow read)
+        if self._kind(checked) == "job":  # (a wait's hot path: the kind is remembered, one narrow read)
             return reports.job_status(self.ledger.job_progress(checked), self._now())
         return reports.group_status(checked, "batch", self.ledger.pace(batch_id=checked), self._now())
 
