@@ -1,8 +1,9 @@
 """The hot statements run straight on the driver connection (Postgres).
 
-Executing a statement through SQLAlchemy costs 0.2-0.4 ms of Python per call on this kind of
-machine — the statement tree walked for its cache key, an execution context, the result's metadata
-for 40-odd columns — as much as the statement itself takes on the server. The statements on a
+Executing a statement through SQLAlchemy costs Python on every call — the statement tree walked
+for its cache key, an execution context, the result's metadata for 40-odd columns — about as much
+as the statement itself takes on the server; running it here saves 0.1-0.2 ms a call on this
+kind of machine (``BENCHMARKS.md``: submit, claim, success measured both ways). The statements on a
 job's critical path (a one-job submit, the claim, the success: :mod:`farm.ledger.onestep`) are
 templates built once, so this module compiles each template once per dialect and runs it on the
 psycopg connection *under* the caller's SQLAlchemy :class:`~sqlalchemy.engine.Connection` — the
