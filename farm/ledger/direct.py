@@ -4,7 +4,8 @@ Executing a statement through SQLAlchemy costs Python on every call — the stat
 for its cache key, an execution context, the result's metadata for 40-odd columns — about as much
 as the statement itself takes on the server; running it here saves 0.1-0.2 ms a call on this
 kind of machine (``BENCHMARKS.md``: submit, claim, success measured both ways). The statements on a
-job's critical path (a one-job submit, the claim, the success: :mod:`farm.ledger.onestep`) are
+job's critical path (a one-job submit, the claim, the success — :mod:`farm.ledger.onestep` — and a
+wait's status read) are
 templates built once, so this module compiles each template once per dialect and runs it on the
 psycopg connection *under* the caller's SQLAlchemy :class:`~sqlalchemy.engine.Connection` — the
 same connection, in the same transaction (or autocommit) — with SQLAlchemy's own bind and result
